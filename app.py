@@ -1,0 +1,52 @@
+"""Berth: an OCI registry. `create_app(settings)` wires the parts; `app` is what gunicorn serves
+(`gunicorn -c gunicorn.conf.py app:app`), built from the environment on first import."""
+
+from __future__ import annotations
+
+import logging
+
+import falcon
+
+import resources.errors
+from auth.access import AccessController
+from auth.middleware import AuthMiddleware
+from resources import ApiVersionHeader, add_routes
+from resources.router import RegexRouter
+from settings import Settings
+from storage import driver_from_settings
+from storage.registry import Registry
+
+log = logging.getLogger("berth")
+
+
+def create_app(settings: Settings) -> falcon.App:
+    driver = driver_from_settings(settings)
+    driver.check()
+    registry = Registry(driver)
+    app = falcon.App(
+        router=RegexRouter(),
+        middleware=[ApiVersionHeader(), AuthMiddleware(AccessController(settings))],
+    )
+    # Query strings are read as sent: a comma in a value is not a list separator.
+    app.req_options.auto_parse_qs_csv = False
+    app.req_options.strip_url_path_trailing_slash = False
+    resources.errors.register(app)
+    add_routes(app, registry, settings)
+    if not settings.auth_configured:
+        log.warning(
+            "no credentials configured: every request will be refused with 401. Set USERNAME "
+            "and PASSWORD (read-write), READONLY_USERNAME and READONLY_PASSWORD (pull only), "
+            "or ANONYMOUS_PULL=true."
+        )
+    return app
+
+
+def __getattr__(name: str) -> falcon.App:
+    # `app` is built on first access (gunicorn's `app:app`), so importing create_app in tests
+    # never reads the environment or touches ./data.
+    if name != "app":
+        raise AttributeError(name)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    built = create_app(Settings.from_env())
+    globals()["app"] = built
+    return built

@@ -1,0 +1,39 @@
+"""gunicorn settings for Berth: server knobs only. Nothing here imports the app, boto3 or ssl at
+load time, so gevent can monkey-patch before they are imported (see the README).
+Command-line flags (-b, -w, ...) override these; environment variables tune them."""
+
+import os
+
+# Where to listen: behind a reverse proxy, keep it on loopback.
+bind = os.environ.get("BERTH_BIND", "127.0.0.1:5000")
+
+# gevent: one process serves many slow clients (uploads of big layers) at once. A worker per
+# core is enough; each has `worker_connections` concurrent requests.
+worker_class = "gevent"
+workers = int(os.environ.get("WEB_CONCURRENCY", os.cpu_count() or 2))
+worker_connections = int(os.environ.get("BERTH_WORKER_CONNECTIONS", "1000"))
+
+# With gevent, `timeout` only kills a worker whose event loop is stuck, never a long upload.
+timeout = 60
+# On reload/shutdown, uploads in flight get this long to finish; an upload cut short loses only
+# its current request (its saved state stays consistent) and the client can resume or retry.
+graceful_timeout = int(os.environ.get("BERTH_GRACEFUL_TIMEOUT", "120"))
+# Longer than a proxy's upstream keepalive (nginx: 60 s) so the proxy closes idle connections.
+keepalive = 75
+
+# Never preload: it would import the app (and later boto3/ssl) before gevent patches them.
+preload_app = False
+
+# Only trust X-Forwarded-* from these addresses (the reverse proxy).
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+
+
+def on_starting(server):
+    # Validate settings once, in the master, so a typo stops the server with one clear message
+    # instead of workers failing to boot in a loop. settings.py uses the standard library only.
+    from settings import Settings, SettingsError
+
+    try:
+        Settings.from_env()
+    except SettingsError as exc:
+        raise SystemExit(f"Berth: invalid settings: {exc}") from None

@@ -1,0 +1,37 @@
+"""HTTP resources, one class per endpoint, and the route table."""
+
+from __future__ import annotations
+
+import falcon
+
+from resources.base import ApiVersion
+from resources.blobs import Blob
+from resources.listing import Catalog, Referrers, Tags
+from resources.manifests import Manifest
+from resources.uploads import Upload, UploadStart
+from settings import Settings
+from storage.registry import Registry
+
+
+def add_routes(app: falcon.App, registry: Registry, settings: Settings) -> None:
+    # Order matters: the first match wins, and `blobs/uploads` must not be read as a digest.
+    app.add_route("/v2", ApiVersion())
+    app.add_route("/v2/", ApiVersion())
+    app.add_route("/v2/_catalog", Catalog(registry))
+    app.add_route("/v2/{name}/tags/list", Tags(registry))
+    app.add_route(
+        "/v2/{name}/manifests/{reference}",
+        Manifest(registry, settings.manifest_max_bytes, settings.delete_enabled),
+    )
+    app.add_route("/v2/{name}/blobs/uploads/", UploadStart(registry))
+    app.add_route("/v2/{name}/blobs/uploads", UploadStart(registry))
+    app.add_route("/v2/{name}/blobs/uploads/{upload_id}", Upload(registry))
+    app.add_route("/v2/{name}/blobs/{digest}", Blob(registry, settings.delete_enabled))
+    app.add_route("/v2/{name}/referrers/{digest}", Referrers(registry))
+
+
+class ApiVersionHeader:
+    """`Docker-Distribution-API-Version` on every response: docker's ping looks for it."""
+
+    def process_response(self, req, resp, resource, req_succeeded) -> None:
+        resp.set_header("Docker-Distribution-API-Version", "registry/2.0")

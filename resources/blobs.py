@@ -1,0 +1,52 @@
+"""`/v2/<name>/blobs/<digest>`: read (whole or by Range) and delete blobs."""
+
+from __future__ import annotations
+
+import falcon
+
+from errors import Unsupported
+from resources.http import byte_range
+from storage.digests import Digest, validate_name
+from storage.registry import Registry
+
+
+class Blob:
+    scope = "repository"
+
+    def __init__(self, registry: Registry, delete_enabled: bool) -> None:
+        self._registry = registry
+        self._delete_enabled = delete_enabled
+
+    def on_head(self, req: falcon.Request, resp: falcon.Response, name: str, digest: str) -> None:
+        info = self._registry.blobs.stat(validate_name(name), Digest.parse(digest))
+        self._headers(resp, info.digest)
+        resp.content_length = info.size
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, name: str, digest: str) -> None:
+        info = self._registry.blobs.stat(validate_name(name), Digest.parse(digest))
+        self._headers(resp, info.digest)
+        start, length = 0, info.size
+        wanted = byte_range(req.get_header("Range"), info.size)
+        if wanted is not None:
+            start, length = wanted
+            resp.status = falcon.HTTP_206
+            resp.set_header("Content-Range", f"bytes {start}-{start + length - 1}/{info.size}")
+        # A file with fileno() goes through wsgi.file_wrapper, so gunicorn can sendfile it.
+        resp.stream = self._registry.blobs.open(name, info.digest, start, length)
+        resp.content_length = length
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, name: str, digest: str) -> None:
+        if not self._delete_enabled:
+            raise Unsupported("deletes are disabled on this registry")
+        self._registry.blobs.unlink(validate_name(name), Digest.parse(digest))
+        resp.status = falcon.HTTP_202
+        resp.content_length = 0
+
+    @staticmethod
+    def _headers(resp: falcon.Response, digest: Digest) -> None:
+        resp.content_type = "application/octet-stream"
+        resp.set_header("Docker-Content-Digest", str(digest))
+        resp.set_header("Accept-Ranges", "bytes")
+        resp.set_header("ETag", f'"{digest}"')
+        # Content-addressed: the bytes under a digest never change.
+        resp.set_header("Cache-Control", "max-age=31536000")

@@ -1,0 +1,41 @@
+"""Routing for OCI paths. Repository names contain '/', which Falcon's default router cannot
+match in the middle of a path, so templates compile to regular expressions: `{name}` takes one
+or more segments, every other field exactly one."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from falcon.routing import map_http_methods, set_default_responders
+
+_FIELD = re.compile(r"{(\w+)}")
+
+
+def _compile(template: str) -> re.Pattern[str]:
+    pattern, pos = "", 0
+    for match in _FIELD.finditer(template):
+        pattern += re.escape(template[pos : match.start()])
+        field = match.group(1)
+        pattern += f"(?P<{field}>.+)" if field == "name" else f"(?P<{field}>[^/]+)"
+        pos = match.end()
+    return re.compile(f"^{pattern}{re.escape(template[pos:])}$")
+
+
+class RegexRouter:
+    """Tries routes in the order they were added; the first match wins."""
+
+    def __init__(self) -> None:
+        self._routes: list[tuple[re.Pattern[str], object, dict, str]] = []
+
+    def add_route(self, uri_template: str, resource: object, **kwargs: Any) -> None:
+        method_map = map_http_methods(resource, suffix=kwargs.get("suffix"))
+        set_default_responders(method_map)
+        self._routes.append((_compile(uri_template), resource, method_map, uri_template))
+
+    def find(self, uri: str, req: object = None) -> tuple[object, dict, dict[str, str], str] | None:
+        for pattern, resource, method_map, template in self._routes:
+            match = pattern.match(uri)
+            if match:
+                return resource, method_map, match.groupdict(), template
+        return None

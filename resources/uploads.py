@@ -1,0 +1,107 @@
+"""Blob uploads: `POST /v2/<name>/blobs/uploads/` opens a session (or mounts, or takes a whole
+blob), `/v2/<name>/blobs/uploads/<id>` takes chunks (PATCH), finishes (PUT), reports (GET) and
+cancels (DELETE)."""
+
+from __future__ import annotations
+
+import falcon
+
+from errors import DigestInvalid, RangeInvalid
+from resources.http import body_chunks, content_range
+from storage.digests import ALGORITHMS, Digest, validate_name
+from storage.registry import Registry
+from storage.uploads import UploadState, upload_range
+
+
+def _session_headers(resp: falcon.Response, name: str, state: UploadState) -> None:
+    resp.set_header("Location", f"/v2/{name}/blobs/uploads/{state.upload_id}")
+    resp.set_header("Range", upload_range(state.size))
+    resp.set_header("Docker-Upload-UUID", state.upload_id)
+    resp.content_length = 0
+
+
+def _created(resp: falcon.Response, name: str, digest: Digest) -> None:
+    resp.status = falcon.HTTP_201
+    resp.set_header("Location", f"/v2/{name}/blobs/{digest}")
+    resp.set_header("Docker-Content-Digest", str(digest))
+    resp.content_length = 0
+
+
+def _owner(req: falcon.Request) -> str:
+    return req.context.identity.name
+
+
+class UploadStart:
+    scope = "repository"
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        validate_name(name)
+        mount, source = req.get_param("mount"), req.get_param("from")
+        if mount and source:
+            digest = Digest.parse(mount)
+            if self._registry.blobs.mount(name, validate_name(source), digest):
+                _created(resp, name, digest)
+                return
+            # Not mountable: the spec says to fall back to a regular upload session.
+        digest_param = req.get_param("digest")
+        if digest_param is not None:
+            digest = Digest.parse(digest_param)
+            self._registry.uploads.upload_whole(
+                name, _owner(req), digest, body_chunks(req), req.content_length
+            )
+            _created(resp, name, digest)
+            return
+        algorithm = req.get_param("digest-algorithm") or "sha256"
+        if algorithm not in ALGORITHMS:
+            raise DigestInvalid("unsupported digest algorithm", detail={"digest-algorithm": algorithm})
+        state = self._registry.uploads.start(name, _owner(req), algorithm)
+        resp.status = falcon.HTTP_202
+        _session_headers(resp, name, state)
+
+
+class Upload:
+    scope = "repository"
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, name: str, upload_id: str) -> None:
+        state = self._registry.uploads.status(validate_name(name), upload_id, _owner(req))
+        resp.status = falcon.HTTP_204
+        _session_headers(resp, name, state)
+
+    def on_patch(self, req: falcon.Request, resp: falcon.Response, name: str, upload_id: str) -> None:
+        validate_name(name)
+        try:
+            state = self._registry.uploads.append(
+                name, upload_id, _owner(req), body_chunks(req), content_range(req), req.content_length
+            )
+        except RangeInvalid as exc:
+            # The client recovers from a 416 by asking where to resume.
+            exc.headers.setdefault("Location", f"/v2/{name}/blobs/uploads/{upload_id}")
+            raise
+        resp.status = falcon.HTTP_202
+        _session_headers(resp, name, state)
+
+    def on_put(self, req: falcon.Request, resp: falcon.Response, name: str, upload_id: str) -> None:
+        validate_name(name)
+        raw_digest = req.get_param("digest")
+        if not raw_digest:
+            raise DigestInvalid("the closing PUT needs ?digest=")
+        digest = Digest.parse(raw_digest)
+        try:
+            info = self._registry.uploads.finish(
+                name, upload_id, _owner(req), digest, body_chunks(req), content_range(req), req.content_length
+            )
+        except RangeInvalid as exc:
+            exc.headers.setdefault("Location", f"/v2/{name}/blobs/uploads/{upload_id}")
+            raise
+        _created(resp, name, info.digest)
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, name: str, upload_id: str) -> None:
+        self._registry.uploads.cancel(validate_name(name), upload_id, _owner(req))
+        resp.status = falcon.HTTP_204
+        resp.content_length = 0

@@ -1,0 +1,14 @@
+"""Registry semantics (blobs, uploads, manifests, tags, referrers) over small storage drivers."""
+
+from __future__ import annotations
+
+from settings import Settings
+from storage.driver import StorageDriver
+from storage.filesystem import FilesystemDriver
+
+
+def driver_from_settings(settings: Settings) -> StorageDriver:
+    """The backend named by REGISTRY_STORAGE."""
+    if settings.storage == "filesystem":
+        return FilesystemDriver(settings.data_dir)
+    raise ValueError(f"unknown storage backend {settings.storage!r}")

@@ -1,0 +1,120 @@
+"""The storage driver interface: the few primitives every backend (local disk, S3/R2) provides.
+
+Registry semantics (storage/registry.py and friends) are written once on top of this and never
+touch a backend directly. Keys are '/'-separated relative paths laid out by storage/paths.py.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+
+class StorageError(Exception):
+    """Base of driver errors; the registry layer turns them into OCI errors."""
+
+
+class ObjectNotFound(StorageError):
+    pass
+
+
+class ObjectBusy(StorageError):
+    """Another request holds the object's exclusive lock."""
+
+
+class InvalidKey(StorageError):
+    pass
+
+
+class ObjectReader(Protocol):
+    """A readable byte range of a stored object. Local files also expose `fileno()` so the
+    WSGI server can send them with sendfile."""
+
+    def read(self, size: int = -1) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class AppendWriter(ABC):
+    """Appends an upload's bytes across requests, possibly in different processes.
+
+    `state()` is a JSON-able description of what is durably written; a later request resumes
+    with `driver.append_writer(key, resume=state)`. Bytes written after the last saved state are
+    discarded on resume, so a request that dies half way leaves the upload where it was.
+    """
+
+    @property
+    @abstractmethod
+    def size(self) -> int: ...
+
+    @abstractmethod
+    def write(self, data: bytes) -> None: ...
+
+    @abstractmethod
+    def state(self) -> dict[str, Any]:
+        """Make everything written so far durable and describe it."""
+
+    @abstractmethod
+    def read_back(self) -> Iterator[bytes]:
+        """The bytes written so far (used only when a client asks for an unexpected digest
+        algorithm, so the running hash cannot answer)."""
+
+    @abstractmethod
+    def commit(self, final_key: str) -> None:
+        """Atomically make the written bytes the object at `final_key`."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Discard everything written (cancelled or failed upload)."""
+
+
+class StorageDriver(ABC):
+    @abstractmethod
+    def read_bytes(self, key: str) -> bytes:
+        """A small object's content; ObjectNotFound if absent."""
+
+    @abstractmethod
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Atomically create or replace a small object: readers see the old or the new bytes."""
+
+    @abstractmethod
+    def size(self, key: str) -> int:
+        """The object's size; ObjectNotFound if absent."""
+
+    @abstractmethod
+    def open_range(self, key: str, start: int = 0, length: int | None = None) -> ObjectReader:
+        """Stream `length` bytes (to the end if None) from `start`; ObjectNotFound if absent."""
+
+    @abstractmethod
+    def list_children(self, prefix: str) -> list[str]:
+        """Names directly under `prefix` (objects and sub-prefixes), unsorted; [] if none."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove one object; absent is fine."""
+
+    @abstractmethod
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove everything under `prefix`; absent is fine."""
+
+    @abstractmethod
+    def append_writer(self, key: str, resume: dict[str, Any] | None = None) -> AppendWriter:
+        """A writer for upload bytes staged at `key`, fresh or resumed from a saved state."""
+
+    @abstractmethod
+    def exclusive(self, key: str) -> AbstractContextManager[None]:
+        """Hold an exclusive, non-blocking lock named `key` across processes sharing this
+        storage; raises ObjectBusy at once if another holder has it."""
+
+    @abstractmethod
+    def check(self) -> None:
+        """Raise StorageError if the backend is not usable (startup and readiness)."""
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.size(key)
+        except ObjectNotFound:
+            return False
+        return True

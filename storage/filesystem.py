@@ -1,0 +1,218 @@
+"""Local-disk driver: one directory tree, atomic replace by rename, uploads appended in place."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from storage.driver import (
+    AppendWriter,
+    InvalidKey,
+    ObjectBusy,
+    ObjectNotFound,
+    StorageDriver,
+    StorageError,
+)
+
+TMP_PREFIX = ".tmp-"
+READ_BLOCK = 1024 * 1024
+
+
+class RangeFile:
+    """A byte range of an open file. `fileno()` lets gunicorn use sendfile: it starts at the
+    file's current offset and sends at most the response's Content-Length."""
+
+    def __init__(self, fh, length: int) -> None:
+        self._fh = fh
+        self._remaining = length
+
+    def read(self, size: int = -1) -> bytes:
+        if self._remaining <= 0:
+            return b""
+        if size is None or size < 0 or size > self._remaining:
+            size = self._remaining
+        data = self._fh.read(size)
+        self._remaining -= len(data)
+        return data
+
+    def fileno(self) -> int:
+        return self._fh.fileno()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+class FilesystemAppendWriter(AppendWriter):
+    def __init__(self, driver: FilesystemDriver, key: str, resume: dict[str, Any] | None) -> None:
+        self._driver = driver
+        self._path = driver.path(key)
+        if resume is None:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self._path, "wb")
+            self._size = 0
+        else:
+            size = resume.get("size")
+            if not isinstance(size, int) or size < 0:
+                raise StorageError("corrupt upload writer state")
+            try:
+                self._fh = open(self._path, "r+b")
+            except FileNotFoundError:
+                raise ObjectNotFound(key) from None
+            # Drop whatever a request that died mid-way appended after the last saved state.
+            self._fh.truncate(size)
+            self._fh.seek(size)
+            self._size = size
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def write(self, data: bytes) -> None:
+        self._fh.write(data)
+        self._size += len(data)
+
+    def state(self) -> dict[str, Any]:
+        self._fh.flush()
+        return {"size": self._size}
+
+    def read_back(self) -> Iterator[bytes]:
+        self._fh.flush()
+        with open(self._path, "rb") as fh:
+            remaining = self._size
+            while remaining > 0:
+                chunk = fh.read(min(READ_BLOCK, remaining))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+                yield chunk
+
+    def commit(self, final_key: str) -> None:
+        self._fh.flush()
+        self._fh.truncate(self._size)
+        self._fh.close()
+        target = self._driver.path(final_key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self._path, target)
+
+    def abort(self) -> None:
+        self._fh.close()
+        self._path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+class FilesystemDriver(StorageDriver):
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root).resolve()
+
+    def path(self, key: str) -> Path:
+        parts = key.split("/")
+        if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise InvalidKey(key)
+        return self.root.joinpath(*parts)
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return self.path(key).read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise ObjectNotFound(key) from None
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f"{TMP_PREFIX}{secrets.token_hex(8)}"
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def size(self, key: str) -> int:
+        try:
+            st = self.path(key).stat()
+        except (FileNotFoundError, NotADirectoryError):
+            raise ObjectNotFound(key) from None
+        if not os.path.isfile(self.path(key)):
+            raise ObjectNotFound(key)
+        return st.st_size
+
+    def open_range(self, key: str, start: int = 0, length: int | None = None) -> RangeFile:
+        try:
+            fh = open(self.path(key), "rb")
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise ObjectNotFound(key) from None
+        size = os.fstat(fh.fileno()).st_size
+        start = min(start, size)
+        fh.seek(start)
+        available = size - start
+        return RangeFile(fh, available if length is None else min(length, available))
+
+    def list_children(self, prefix: str) -> list[str]:
+        try:
+            names = os.listdir(self.path(prefix))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return [n for n in names if not n.startswith(TMP_PREFIX)]
+
+    def delete(self, key: str) -> None:
+        path = self.path(key)
+        try:
+            path.unlink()
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        self._prune(path.parent)
+
+    def delete_prefix(self, prefix: str) -> None:
+        path = self.path(prefix)
+        shutil.rmtree(path, ignore_errors=True)
+        self._prune(path.parent)
+
+    def _prune(self, directory: Path) -> None:
+        # Remove directories left empty so listings (tags, catalog) stay truthful.
+        while directory != self.root and self.root in directory.parents:
+            try:
+                directory.rmdir()
+            except OSError:
+                return
+            directory = directory.parent
+
+    def append_writer(self, key: str, resume: dict[str, Any] | None = None) -> FilesystemAppendWriter:
+        return FilesystemAppendWriter(self, key, resume)
+
+    @contextmanager
+    def exclusive(self, key: str) -> Iterator[None]:
+        path = self.path(key)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+        except (FileNotFoundError, NotADirectoryError):
+            # Locks live beside what they protect: no parent, nothing to lock.
+            raise ObjectNotFound(key) from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EACCES):
+                    raise ObjectBusy(key) from None
+                raise
+            yield
+        finally:
+            os.close(fd)
+
+    def check(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        probe = self.root / f"{TMP_PREFIX}probe-{secrets.token_hex(4)}"
+        try:
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as exc:
+            raise StorageError(f"data directory {self.root} is not writable: {exc}") from exc

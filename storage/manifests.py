@@ -1,0 +1,162 @@
+"""Manifests, tags and referrers of a repository. Bytes are stored exactly as pushed, as blobs;
+the repository holds a link per revision (with the media type to serve), a file per tag and an
+entry per referrer. Writes go content first, links last, so nothing ever points at nothing."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from errors import DigestInvalid, ManifestBlobUnknown, ManifestUnknown, NameUnknown
+from storage import paths
+from storage.blobs import BlobStore
+from storage.digests import Digest, looks_like_digest, validate_tag
+from storage.driver import ObjectNotFound, StorageDriver
+from storage.manifest_format import ParsedManifest, parse_manifest
+
+
+@dataclass(frozen=True)
+class ManifestInfo:
+    digest: Digest
+    media_type: str
+    size: int
+
+
+@dataclass(frozen=True)
+class PutResult:
+    digest: Digest
+    subject: Digest | None
+    tags: list[str]
+
+
+class ManifestStore:
+    def __init__(self, driver: StorageDriver, blobs: BlobStore) -> None:
+        self._driver = driver
+        self._blobs = blobs
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def resolve(self, name: str, reference: str) -> ManifestInfo:
+        digest = self._reference_digest(name, reference)
+        try:
+            link = json.loads(self._driver.read_bytes(paths.manifest_link(name, digest)))
+        except ObjectNotFound:
+            raise ManifestUnknown(detail={"reference": reference}) from None
+        return ManifestInfo(digest, link["mediaType"], int(link["size"]))
+
+    def read(self, info: ManifestInfo) -> bytes:
+        try:
+            return self._driver.read_bytes(paths.blob_data(info.digest))
+        except ObjectNotFound:
+            raise ManifestUnknown(detail={"digest": str(info.digest)}) from None
+
+    def _reference_digest(self, name: str, reference: str) -> Digest:
+        if looks_like_digest(reference):
+            return Digest.parse(reference)
+        validate_tag(reference)
+        try:
+            return Digest.parse(self._driver.read_bytes(paths.tag(name, reference)).decode())
+        except ObjectNotFound:
+            raise ManifestUnknown(detail={"tag": reference}) from None
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def put(
+        self, name: str, reference: str, body: bytes, content_type: str | None, extra_tags: list[str]
+    ) -> PutResult:
+        if looks_like_digest(reference):
+            digest = Digest.parse(reference)
+            actual = Digest.of(body, digest.algorithm)
+            if actual != digest:
+                raise DigestInvalid(
+                    "manifest digest does not match the reference",
+                    detail={"reference": str(digest), "actual": str(actual)},
+                )
+            tags = [validate_tag(t) for t in extra_tags]
+        else:
+            digest = Digest.of(body)
+            tags = [validate_tag(reference)] + [validate_tag(t) for t in extra_tags if t != reference]
+
+        manifest = parse_manifest(body, content_type)
+        self._check_references(name, manifest)
+
+        blob_key = paths.blob_data(digest)
+        if not self._driver.exists(blob_key):
+            self._driver.write_bytes(blob_key, body)
+        link = {"mediaType": manifest.media_type, "size": len(body)}
+        self._driver.write_bytes(paths.manifest_link(name, digest), json.dumps(link).encode())
+        if manifest.subject is not None:
+            self._driver.write_bytes(
+                paths.referrer(name, manifest.subject.digest, digest),
+                json.dumps(self._referrer_descriptor(manifest, digest, len(body))).encode(),
+            )
+        for tag in tags:
+            self._driver.write_bytes(paths.tag(name, tag), str(digest).encode())
+        return PutResult(digest, manifest.subject.digest if manifest.subject else None, tags)
+
+    def _check_references(self, name: str, manifest: ParsedManifest) -> None:
+        missing = []
+        for desc in manifest.blobs:
+            if not desc.external and not self._blobs.is_linked(name, desc.digest):
+                missing.append(str(desc.digest))
+        for desc in manifest.children:
+            if not self._blobs.is_linked(name, desc.digest):
+                missing.append(str(desc.digest))
+        if missing:
+            raise ManifestBlobUnknown(detail={"digests": missing})
+
+    @staticmethod
+    def _referrer_descriptor(manifest: ParsedManifest, digest: Digest, size: int) -> dict[str, Any]:
+        desc: dict[str, Any] = {"mediaType": manifest.media_type, "digest": str(digest), "size": size}
+        if manifest.artifact_type:
+            desc["artifactType"] = manifest.artifact_type
+        if manifest.annotations:
+            desc["annotations"] = manifest.annotations
+        return desc
+
+    # -- deleting ----------------------------------------------------------------------------
+
+    def delete(self, name: str, reference: str) -> None:
+        if not looks_like_digest(reference):
+            validate_tag(reference)
+            key = paths.tag(name, reference)
+            if not self._driver.exists(key):
+                raise ManifestUnknown(detail={"tag": reference})
+            self._driver.delete(key)
+            return
+        info = self.resolve(name, reference)
+        try:
+            manifest = parse_manifest(self.read(info), info.media_type)
+        except ManifestUnknown:
+            manifest = None
+        # Tags first, the revision link last: a crash half way leaves a manifest without
+        # tags, never a tag without a manifest.
+        for tag in self._driver.list_children(paths.tags_dir(name)):
+            try:
+                if self._driver.read_bytes(paths.tag(name, tag)).decode() == str(info.digest):
+                    self._driver.delete(paths.tag(name, tag))
+            except ObjectNotFound:
+                continue
+        if manifest is not None and manifest.subject is not None:
+            self._driver.delete(paths.referrer(name, manifest.subject.digest, info.digest))
+        self._driver.delete(paths.manifest_link(name, info.digest))
+
+    # -- listing -----------------------------------------------------------------------------
+
+    def tags(self, name: str) -> list[str]:
+        tags = self._driver.list_children(paths.tags_dir(name))
+        if not tags and not self._driver.list_children(paths.repository(name)):
+            raise NameUnknown(detail={"name": name})
+        return sorted(tags)
+
+    def referrers(self, name: str, subject: Digest, artifact_type: str | None) -> list[dict[str, Any]]:
+        found = []
+        for entry in sorted(self._driver.list_children(paths.referrers_dir(name, subject))):
+            try:
+                desc = json.loads(self._driver.read_bytes(f"{paths.referrers_dir(name, subject)}/{entry}"))
+            except ObjectNotFound:
+                continue  # deleted while listing
+            if artifact_type is None or desc.get("artifactType") == artifact_type:
+                found.append(desc)
+        return found

@@ -1,0 +1,75 @@
+"""The storage key layout, drawn and mapped in one place.
+
+    blobs/<alg>/<hex[:2]>/<hex>/data            content-addressed bytes, stored once for all
+                                                repositories (layers, configs and manifests)
+    repositories/<name>/
+        _layers/<alg>/<hex>                     link: the blob is part of this repository
+        _manifests/<alg>/<hex>                  link: a manifest revision; JSON {mediaType, size}
+        _tags/<tag>                             the digest the tag points at
+        _referrers/<alg>/<hex>/<alg>.<hex>      a referrer of subject <alg>:<hex>; its descriptor
+    uploads/<id>/state.json                     an upload's progress (JSON, never pickled)
+    uploads/<id>/data                           bytes received so far (local disk)
+    uploads/<id>/lock                           held while a request writes the upload
+
+Repository path components start with [a-z0-9], so they never collide with the `_` names.
+A blob becomes visible only when its data lands at its final key, after its digest was verified.
+"""
+
+from __future__ import annotations
+
+from storage.digests import Digest
+
+REPOSITORIES = "repositories"
+UPLOADS = "uploads"
+
+
+def blob_data(digest: Digest) -> str:
+    return f"blobs/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}/data"
+
+
+def repository(name: str) -> str:
+    return f"{REPOSITORIES}/{name}"
+
+
+def layer_link(name: str, digest: Digest) -> str:
+    return f"{REPOSITORIES}/{name}/_layers/{digest.algorithm}/{digest.hex}"
+
+
+def manifest_link(name: str, digest: Digest) -> str:
+    return f"{REPOSITORIES}/{name}/_manifests/{digest.algorithm}/{digest.hex}"
+
+
+def manifests_dir(name: str) -> str:
+    return f"{REPOSITORIES}/{name}/_manifests"
+
+
+def tags_dir(name: str) -> str:
+    return f"{REPOSITORIES}/{name}/_tags"
+
+
+def tag(name: str, tag_name: str) -> str:
+    return f"{REPOSITORIES}/{name}/_tags/{tag_name}"
+
+
+def referrers_dir(name: str, subject: Digest) -> str:
+    return f"{REPOSITORIES}/{name}/_referrers/{subject.algorithm}/{subject.hex}"
+
+
+def referrer(name: str, subject: Digest, digest: Digest) -> str:
+    return f"{referrers_dir(name, subject)}/{digest.algorithm}.{digest.hex}"
+
+
+def upload_state(upload_id: str) -> str:
+    return f"{UPLOADS}/{upload_id}/state.json"
+
+
+def upload_data(upload_id: str) -> str:
+    return f"{UPLOADS}/{upload_id}/data"
+
+
+def upload_lock(upload_id: str) -> str:
+    return f"{UPLOADS}/{upload_id}/lock"
+
+
+def upload_dir(upload_id: str) -> str:
+    return f"{UPLOADS}/{upload_id}"
