@@ -11,6 +11,7 @@ import resources.errors
 from auth.access import AccessController
 from auth.middleware import AuthMiddleware
 from resources import ApiVersionHeader, add_routes
+from resources.base import UnknownRoute
 from resources.router import RegexRouter
 from settings import Settings
 from storage import driver_from_settings
@@ -24,7 +25,7 @@ def create_app(settings: Settings) -> falcon.App:
     driver.check()
     registry = Registry(driver)
     app = falcon.App(
-        router=RegexRouter(),
+        router=RegexRouter(fallback=UnknownRoute()),
         middleware=[ApiVersionHeader(), AuthMiddleware(AccessController(settings))],
     )
     # Query strings are read as sent: a comma in a value is not a list separator.

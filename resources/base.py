@@ -13,3 +13,15 @@ class ApiVersion:
         resp.data = b"{}"
 
     on_head = on_get
+
+
+class UnknownRoute:
+    """Every path no route matches: 404 with an OCI body, after authentication like any other
+    request (so a registry with no credentials configured refuses even these)."""
+
+    scope = "base"
+
+    def _not_found(self, req: falcon.Request, resp: falcon.Response) -> None:
+        raise falcon.HTTPNotFound()
+
+    on_get = on_head = on_post = on_put = on_patch = on_delete = on_options = _not_found

@@ -23,19 +23,23 @@ def _compile(template: str) -> re.Pattern[str]:
 
 
 class RegexRouter:
-    """Tries routes in the order they were added; the first match wins."""
+    """Tries routes in the order they were added; the first match wins. Paths no route
+    matches go to `fallback`, so they pass through the same middleware (auth included)."""
 
-    def __init__(self) -> None:
+    def __init__(self, fallback: object) -> None:
         self._routes: list[tuple[re.Pattern[str], object, dict, str]] = []
+        self._fallback = fallback
+        self._fallback_map = map_http_methods(fallback)
+        set_default_responders(self._fallback_map)
 
     def add_route(self, uri_template: str, resource: object, **kwargs: Any) -> None:
         method_map = map_http_methods(resource, suffix=kwargs.get("suffix"))
         set_default_responders(method_map)
         self._routes.append((_compile(uri_template), resource, method_map, uri_template))
 
-    def find(self, uri: str, req: object = None) -> tuple[object, dict, dict[str, str], str] | None:
+    def find(self, uri: str, req: object = None) -> tuple[object, dict, dict[str, str], str]:
         for pattern, resource, method_map, template in self._routes:
             match = pattern.match(uri)
             if match:
                 return resource, method_map, match.groupdict(), template
-        return None
+        return self._fallback, self._fallback_map, {}, "{unknown}"

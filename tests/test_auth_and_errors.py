@@ -1,0 +1,175 @@
+"""Authentication, authorization on every route, and OCI error bodies everywhere."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from settings import Settings, SettingsError
+from tests.conftest import RO_PASS, RO_USER, RW_PASS, RW_USER, basic, build_api, sha256
+
+ROUTES = [
+    ("GET", "/v2/"),
+    ("GET", "/v2/_catalog"),
+    ("GET", "/v2/r/tags/list"),
+    ("GET", "/v2/r/manifests/latest"),
+    ("HEAD", "/v2/r/manifests/latest"),
+    ("PUT", "/v2/r/manifests/latest"),
+    ("DELETE", "/v2/r/manifests/latest"),
+    ("GET", f"/v2/r/blobs/{sha256(b'')}"),
+    ("HEAD", f"/v2/r/blobs/{sha256(b'')}"),
+    ("DELETE", f"/v2/r/blobs/{sha256(b'')}"),
+    ("POST", "/v2/r/blobs/uploads/"),
+    ("PATCH", "/v2/r/blobs/uploads/00000000-0000-0000-0000-000000000000"),
+    ("PUT", "/v2/r/blobs/uploads/00000000-0000-0000-0000-000000000000"),
+    ("GET", "/v2/r/blobs/uploads/00000000-0000-0000-0000-000000000000"),
+    ("DELETE", "/v2/r/blobs/uploads/00000000-0000-0000-0000-000000000000"),
+    ("GET", f"/v2/r/referrers/{sha256(b'')}"),
+    ("GET", "/v2/no/such/route/here"),
+    ("GET", "/"),
+]
+PUSH_ROUTES = [(m, p) for m, p in ROUTES if m in ("PUT", "POST", "PATCH", "DELETE")]
+
+
+def assert_oci_error(r, status, code=None):
+    assert r.status_code == status, r.text
+    assert r.headers["Content-Type"].startswith("application/json")
+    assert r.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+    if r.content:  # HEAD has no body
+        errors = r.json["errors"]
+        assert errors and all({"code", "message"} <= set(e) for e in errors)
+        if code:
+            assert errors[0]["code"] == code
+
+
+@pytest.mark.parametrize("method,path", ROUTES)
+def test_every_route_needs_credentials(api, method, path):
+    r = api.request(method, path, auth=False)
+    assert_oci_error(r, 401, "UNAUTHORIZED")
+    assert r.headers["WWW-Authenticate"] == 'Basic realm="Berth", charset="UTF-8"'
+
+
+@pytest.mark.parametrize("method,path", ROUTES)
+def test_no_credentials_configured_refuses_everything(tmp_path, method, path):
+    api = build_api(tmp_path, users=())
+    for headers in ({}, basic(RW_USER, RW_PASS)):
+        r = api.request(method, path, auth=False, headers=headers)
+        assert_oci_error(r, 401, "UNAUTHORIZED")
+
+
+@pytest.mark.parametrize("method,path", PUSH_ROUTES)
+def test_read_only_user_is_denied_writes(api, method, path):
+    r = api.request(method, path, headers=basic(RO_USER, RO_PASS))
+    assert_oci_error(r, 403, "DENIED")
+
+
+def test_read_only_user_may_pull(api, repo):
+    _digest, body = api.push_image(repo, "v1")
+    ro = basic(RO_USER, RO_PASS)
+    assert api.request("GET", f"/v2/{repo}/manifests/v1", headers=ro).content == body
+    assert api.request("GET", "/v2/", headers=ro).status_code == 200
+    assert api.request("GET", "/v2/_catalog", headers=ro).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        "Basic",
+        "Basic !!!notbase64!!!",
+        "Basic " + base64.b64encode(b"no-colon").decode(),
+        "Basic " + base64.b64encode(f"{RW_USER}:".encode()).decode(),
+        "Basic " + base64.b64encode(f"{RW_USER}:wrong".encode()).decode(),
+        "Basic " + base64.b64encode(f"{RW_USER}:{RO_PASS}".encode()).decode(),
+        "Basic " + base64.b64encode(b"\xff\xfe:\xff").decode(),
+        "Bearer abc.def.ghi",
+        "Digest whatever",
+        "",
+    ],
+)
+def test_bad_credentials_are_401_never_500(api, authorization):
+    r = api.request("GET", "/v2/", auth=False, headers={"Authorization": authorization})
+    assert_oci_error(r, 401, "UNAUTHORIZED")
+    assert "WWW-Authenticate" in r.headers
+
+
+def test_anonymous_pull(tmp_path, repo):
+    api = build_api(tmp_path, anonymous_pull=True)
+    _digest, body = api.push_image(repo, "v1")
+    assert api.request("GET", "/v2/", auth=False).status_code == 200
+    assert api.request("GET", f"/v2/{repo}/manifests/v1", auth=False).content == body
+    r = api.request("POST", f"/v2/{repo}/blobs/uploads/", auth=False)
+    assert_oci_error(r, 401, "UNAUTHORIZED")  # asks for credentials rather than denying
+    r = api.request("POST", f"/v2/{repo}/blobs/uploads/", headers=basic(RO_USER, RO_PASS))
+    assert_oci_error(r, 403, "DENIED")
+
+
+def test_mount_needs_pull_on_source(tmp_path):
+    # With global grants every user who may push may pull; the check is still made.
+    api = build_api(tmp_path)
+    digest = api.push_blob("src/repo", b"data")
+    r = api.request(
+        "POST", f"/v2/dst/repo/blobs/uploads/?mount={digest}&from=src/repo", headers=basic(RO_USER, RO_PASS)
+    )
+    assert_oci_error(r, 403, "DENIED")
+
+
+@pytest.mark.parametrize(
+    "method,path,status,code",
+    [
+        ("GET", "/v2/UPPER/tags/list", 400, "NAME_INVALID"),
+        ("GET", "/v2/a..b/manifests/latest", 400, "NAME_INVALID"),
+        ("GET", "/v2/-a/blobs/" + sha256(b""), 400, "NAME_INVALID"),
+        ("POST", "/v2/a_/blobs/uploads/", 400, "NAME_INVALID"),
+        ("GET", "/v2/" + "a" * 256 + "/tags/list", 400, "NAME_INVALID"),
+        ("GET", "/v2/r/blobs/sha256:xyz", 400, "DIGEST_INVALID"),
+        ("GET", "/v2/r/blobs/sha999:" + "a" * 64, 400, "DIGEST_INVALID"),
+        ("GET", "/v2/no/route", 404, "UNSUPPORTED"),
+        ("POST", "/v2/r/tags/list", 405, "UNSUPPORTED"),
+        ("PATCH", "/v2/r/manifests/latest", 405, "UNSUPPORTED"),
+        ("PUT", "/v2/_catalog", 405, "UNSUPPORTED"),
+        ("DELETE", "/v2/", 405, "UNSUPPORTED"),
+    ],
+)
+def test_bad_requests_get_oci_errors(api, method, path, status, code):
+    assert_oci_error(api.request(method, path), status, code)
+
+
+def test_api_version_header_on_success(api):
+    r = api.request("GET", "/v2/")
+    assert r.status_code == 200
+    assert r.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+
+
+@pytest.mark.parametrize(
+    "env,message",
+    [
+        ({"REGISTRY_STORAGE": "ftp"}, "REGISTRY_STORAGE"),
+        ({"USERNAME": "u"}, "PASSWORD"),
+        ({"READONLY_PASSWORD": "p"}, "READONLY_USERNAME"),
+        ({"USERNAME": "a:b", "PASSWORD": "p"}, "':'"),
+        ({"ANONYMOUS_PULL": "maybe"}, "ANONYMOUS_PULL"),
+        ({"REGISTRY_DELETE_ENABLED": "2"}, "REGISTRY_DELETE_ENABLED"),
+        ({"REGISTRY_MANIFEST_MAX_BYTES": "100"}, "at least"),
+        ({"USERNAME": "x", "PASSWORD": "p", "READONLY_USERNAME": "x", "READONLY_PASSWORD": "q"}, "differ"),
+    ],
+)
+def test_invalid_settings_fail_at_start(env, message):
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env(env)
+
+
+def test_settings_from_environment(tmp_path):
+    s = Settings.from_env(
+        {
+            "REGISTRY_DATA_DIR": str(tmp_path),
+            "USERNAME": "u",
+            "PASSWORD": "s3cr3t-value",
+            "ANONYMOUS_PULL": "true",
+            "REGISTRY_DELETE_ENABLED": "false",
+        }
+    )
+    assert s.data_dir == tmp_path
+    assert s.anonymous_pull and not s.delete_enabled
+    assert [(u.name, u.can_push) for u in s.users] == [("u", True)]
+    assert "s3cr3t-value" not in repr(s)  # passwords never printed

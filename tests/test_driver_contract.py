@@ -1,0 +1,177 @@
+"""The storage driver contract: one suite that every backend must pass."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from storage.driver import InvalidKey, ObjectBusy, ObjectNotFound, StorageDriver
+from storage.filesystem import FilesystemDriver
+
+
+def filesystem_backend(tmp_path):
+    return lambda: FilesystemDriver(tmp_path / "store")
+
+
+BACKENDS = {"filesystem": filesystem_backend}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def make_driver(request, tmp_path):
+    """A factory: each call is a fresh driver instance over the same storage, as a different
+    process or instance would have."""
+    return BACKENDS[request.param](tmp_path)
+
+
+@pytest.fixture
+def driver(make_driver) -> StorageDriver:
+    d = make_driver()
+    d.check()
+    return d
+
+
+def test_small_objects_round_trip_and_replace(driver):
+    driver.write_bytes("a/b/c", b"one")
+    assert driver.read_bytes("a/b/c") == b"one"
+    driver.write_bytes("a/b/c", b"two!")
+    assert driver.read_bytes("a/b/c") == b"two!"
+    assert driver.size("a/b/c") == 4
+    assert driver.exists("a/b/c")
+    assert not driver.exists("a/b/missing")
+
+
+def test_missing_objects(driver):
+    with pytest.raises(ObjectNotFound):
+        driver.read_bytes("nope/x")
+    with pytest.raises(ObjectNotFound):
+        driver.size("nope/x")
+    with pytest.raises(ObjectNotFound):
+        driver.open_range("nope/x")
+    driver.delete("nope/x")  # absent is fine
+    driver.delete_prefix("nope")
+    assert driver.list_children("nope") == []
+
+
+def test_a_prefix_is_not_an_object(driver):
+    driver.write_bytes("dir/file", b"x")
+    assert not driver.exists("dir")
+    with pytest.raises(ObjectNotFound):
+        driver.read_bytes("dir")
+
+
+@pytest.mark.parametrize("start,length", [(0, None), (3, None), (3, 4), (0, 0), (9, 5), (10, None), (50, 3)])
+def test_open_range(driver, start, length):
+    data = bytes(range(10))
+    driver.write_bytes("blob", data)
+    reader = driver.open_range("blob", start, length)
+    try:
+        got = b"".join(iter(lambda: reader.read(3), b""))
+    finally:
+        reader.close()
+    end = len(data) if length is None else start + length
+    assert got == data[start:end]
+
+
+def test_list_children_and_prefix_safety(driver):
+    for key in ("r/a/x", "r/a/y", "r/b", "r2/z", "rr/q"):
+        driver.write_bytes(key, b"1")
+    assert sorted(driver.list_children("r")) == ["a", "b"]
+    assert sorted(driver.list_children("r/a")) == ["x", "y"]
+    driver.delete_prefix("r/a")
+    assert driver.list_children("r") == ["b"]
+    assert driver.read_bytes("r2/z") == b"1"  # a sibling sharing the prefix's letters survives
+    driver.delete("r/b")
+    assert driver.list_children("r") == []
+    assert driver.list_children("r2") == ["z"]
+
+
+@pytest.mark.parametrize("key", ["", "/abs", "a/../b", "a//b", "./a", "a/."])
+def test_invalid_keys(driver, key):
+    with pytest.raises(InvalidKey):
+        driver.write_bytes(key, b"x")
+
+
+def test_append_writer_resumes_in_a_fresh_driver(make_driver):
+    first = make_driver()
+    first.check()
+    writer = first.append_writer("up/1/data")
+    writer.write(b"hello ")
+    state = writer.state()
+    assert writer.size == 6
+    # A later request, in another process: a new driver instance resumes from the state.
+    second = make_driver()
+    writer2 = second.append_writer("up/1/data", resume=state)
+    assert writer2.size == 6
+    writer2.write(b"world")
+    state2 = writer2.state()
+    writer3 = make_driver().append_writer("up/1/data", resume=state2)
+    assert b"".join(writer3.read_back()) == b"hello world"
+    writer3.commit("final/object")
+    assert second.read_bytes("final/object") == b"hello world"
+    assert not second.exists("up/1/data")
+
+
+def test_bytes_after_the_last_state_are_discarded(make_driver):
+    d = make_driver()
+    d.check()
+    writer = d.append_writer("up/2/data")
+    writer.write(b"kept")
+    state = writer.state()
+    writer.write(b"-lost-in-a-crash")
+    writer.state()  # flushed, but the upload's saved state still says 4 bytes
+    resumed = make_driver().append_writer("up/2/data", resume=state)
+    assert resumed.size == 4
+    resumed.write(b"!")
+    resumed.commit("final/2")
+    assert d.read_bytes("final/2") == b"kept!"
+
+
+def test_abort_leaves_nothing(driver):
+    writer = driver.append_writer("up/3/data")
+    writer.write(os.urandom(1000))
+    writer.state()
+    writer.abort()
+    assert not driver.exists("up/3/data")
+
+
+def test_resume_of_a_vanished_upload(driver):
+    with pytest.raises(ObjectNotFound):
+        driver.append_writer("up/none/data", resume={"size": 0})
+
+
+def test_exclusive_lock(make_driver):
+    a, b = make_driver(), make_driver()
+    a.check()
+    a.write_bytes("up/4/state", b"{}")
+    with a.exclusive("up/4/lock"), pytest.raises(ObjectBusy), b.exclusive("up/4/lock"):
+        pass
+    with b.exclusive("up/4/lock"):
+        pass  # released
+
+
+def test_exclusive_lock_of_missing_parent(driver):
+    with pytest.raises(ObjectNotFound), driver.exclusive("up/none/lock"):
+        pass
+
+
+def test_concurrent_replace_is_atomic(driver):
+    """Readers see whole old or whole new content, never a mix."""
+    old, new = b"a" * 100_000, b"b" * 100_000
+    driver.write_bytes("k", old)
+    stop = threading.Event()
+    seen = set()
+
+    def read():
+        while not stop.is_set():
+            seen.add(driver.read_bytes("k"))
+
+    t = threading.Thread(target=read)
+    t.start()
+    for _ in range(50):
+        driver.write_bytes("k", new)
+        driver.write_bytes("k", old)
+    stop.set()
+    t.join()
+    assert seen <= {old, new}
