@@ -42,11 +42,11 @@ def test_docker_schema2_and_whitespace_preserved(api, repo):
     config = b'{"architecture":"amd64","os":"linux"}'
     layer = b"layer-bytes"
     cd, ld = api.push_blob(repo, config), api.push_blob(repo, layer)
+    config_desc = f'{{"mediaType": "application/vnd.docker.container.image.v1+json", "size": {len(config)}, "digest": "{cd}"}}'
+    layer_desc = f'{{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": {len(layer)}, "digest": "{ld}"}}'
     body = (
-        '{\n   "schemaVersion": 2,\n   "mediaType": "%s",\n   "config": {"mediaType": '
-        '"application/vnd.docker.container.image.v1+json", "size": %d, "digest": "%s"},\n'
-        '   "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": %d, "digest": "%s"}]\n}'
-        % (DOCKER_MANIFEST, len(config), cd, len(layer), ld)
+        f'{{\n   "schemaVersion": 2,\n   "mediaType": "{DOCKER_MANIFEST}",\n'
+        f'   "config": {config_desc},\n   "layers": [{layer_desc}]\n}}'
     ).encode()
     r = api.request(
         "PUT", f"/v2/{repo}/manifests/latest", body=body, headers={"Content-Type": DOCKER_MANIFEST}
