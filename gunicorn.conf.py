@@ -9,7 +9,7 @@ bind = os.environ.get("BERTH_BIND", "127.0.0.1:5000")
 
 # gevent: one process serves many slow clients (uploads of big layers) at once. A worker per
 # core is enough; each has `worker_connections` concurrent requests.
-worker_class = "gevent"
+worker_class = "serving.worker.RegistryGeventWorker"
 workers = int(os.environ.get("WEB_CONCURRENCY", os.cpu_count() or 2))
 worker_connections = int(os.environ.get("BERTH_WORKER_CONNECTIONS", "1000"))
 
@@ -23,6 +23,13 @@ keepalive = 75
 
 # Never preload: it would import the app (and later boto3/ssl) before gevent patches them.
 preload_app = False
+
+# gunicorn 27's control socket defaults to one path per user, which several instances on one
+# machine would fight over; enable it with BERTH_CONTROL_SOCKET=/path/to/socket.
+_control_socket = os.environ.get("BERTH_CONTROL_SOCKET", "")
+if _control_socket:
+    control_socket = _control_socket
+control_socket_disable = not _control_socket
 
 # Only trust X-Forwarded-* from these addresses (the reverse proxy).
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")

@@ -1,0 +1,1 @@
+"""How Berth is served: the gunicorn worker class and its socket-level behaviour."""
