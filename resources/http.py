@@ -64,8 +64,8 @@ def content_range(req) -> tuple[int, int] | None:
 
 def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     """The (start, length) a `Range: bytes=` header asks of a blob of `size` bytes; None to
-    send it whole. Malformed or multi-range headers are ignored, as RFC 9110 allows; a
-    well-formed range beyond the end raises 416 with `Content-Range: bytes */size`."""
+    send it whole. Malformed or multi-range headers are ignored, as RFC 9110 allows; a range
+    beyond the end, or ending before it starts, raises 416 with `Content-Range: bytes */size`."""
     if not header:
         return None
     match = _RANGE.match(header.strip().replace(" ", ""))
@@ -80,7 +80,7 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     start = int(first)
     end = size - 1 if last == "" else min(int(last), size - 1)
     if last != "" and int(last) < start:
-        return None  # invalid, so ignored
+        raise _unsatisfiable(size)  # as the OCI conformance suite expects
     if start >= size:
         raise _unsatisfiable(size)
     return start, end - start + 1

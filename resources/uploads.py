@@ -7,6 +7,7 @@ from __future__ import annotations
 import falcon
 
 from errors import DigestInvalid, RangeInvalid
+from auth.identity import PULL
 from resources.http import body_chunks, content_range
 from storage.digests import ALGORITHMS, Digest, validate_name
 from storage.registry import Registry
@@ -46,6 +47,13 @@ class UploadStart:
                 _created(resp, name, digest)
                 return
             # Not mountable: the spec says to fall back to a regular upload session.
+        elif mount and req.context.identity.may(None, PULL):
+            # No `from`: the spec lets a registry mount any blob it has, but only for someone who
+            # may read every repository, or it would leak blobs across access boundaries.
+            digest = Digest.parse(mount)
+            if self._registry.blobs.mount_any(name, digest):
+                _created(resp, name, digest)
+                return
         digest_param = req.get_param("digest")
         if digest_param is not None:
             digest = Digest.parse(digest_param)

@@ -55,6 +55,13 @@ class BlobStore:
         self.link(name, digest)
         return True
 
+    def mount_any(self, name: str, digest: Digest) -> bool:
+        """Link a blob stored for any repository into `name`; False if it is not stored."""
+        if not self.exists_anywhere(digest):
+            return False
+        self.link(name, digest)
+        return True
+
     def unlink(self, name: str, digest: Digest) -> None:
         key = paths.layer_link(name, digest)
         if not self._driver.exists(key):

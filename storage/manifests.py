@@ -11,7 +11,7 @@ from typing import Any
 from errors import DigestInvalid, ManifestBlobUnknown, ManifestUnknown, NameUnknown
 from storage import paths
 from storage.blobs import BlobStore
-from storage.digests import Digest, looks_like_digest, validate_tag
+from storage.digests import Digest, is_valid_tag, looks_like_digest, validate_tag
 from storage.driver import ObjectNotFound, StorageDriver
 from storage.manifest_format import ParsedManifest, parse_manifest
 
@@ -54,7 +54,9 @@ class ManifestStore:
     def _reference_digest(self, name: str, reference: str) -> Digest:
         if looks_like_digest(reference):
             return Digest.parse(reference)
-        validate_tag(reference)
+        if not is_valid_tag(reference):
+            # No manifest can be stored under an invalid tag, so reading one is a plain miss.
+            raise ManifestUnknown(detail={"tag": reference})
         try:
             return Digest.parse(self._driver.read_bytes(paths.tag(name, reference)).decode())
         except ObjectNotFound:
@@ -119,7 +121,8 @@ class ManifestStore:
 
     def delete(self, name: str, reference: str) -> None:
         if not looks_like_digest(reference):
-            validate_tag(reference)
+            if not is_valid_tag(reference):
+                raise ManifestUnknown(detail={"tag": reference})
             key = paths.tag(name, reference)
             if not self._driver.exists(key):
                 raise ManifestUnknown(detail={"tag": reference})

@@ -48,7 +48,7 @@ def test_blob_ranges(api, repo, blob, header, status, expected):
         assert r.headers["Content-Length"] == str(end - start)
 
 
-@pytest.mark.parametrize("header", ["bytes=1000-", "bytes=5000-6000", "bytes=-0"])
+@pytest.mark.parametrize("header", ["bytes=1000-", "bytes=5000-6000", "bytes=-0", "bytes=500-0"])
 def test_unsatisfiable_range(api, repo, blob, header):
     _, digest = blob
     r = api.request("GET", f"/v2/{repo}/blobs/{digest}", headers={"Range": header})

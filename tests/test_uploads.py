@@ -299,3 +299,13 @@ def test_interrupted_patch_leaves_upload_where_it_was(api, repo):
     api.request("PATCH", loc, body=b"def", headers={"Content-Range": "3-5"})
     assert api.request("PUT", f"{loc}?digest={sha256(b'abcdef')}").status_code == 201
     assert_blob(api, repo, b"abcdef")
+
+
+def test_mount_without_from_for_a_user_who_may_read_everything(api, repo):
+    data = os.urandom(64)
+    digest = api.push_blob("somewhere/else", data)
+    r = api.request("POST", f"/v2/{repo}/blobs/uploads/?mount={digest}")
+    assert r.status_code == 201
+    assert api.request("GET", f"/v2/{repo}/blobs/{digest}").content == data
+    r = api.request("POST", f"/v2/{repo}/blobs/uploads/?mount={sha256(b'unknown')}")
+    assert r.status_code == 202

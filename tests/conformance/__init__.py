@@ -1,0 +1,1 @@
+"""Black-box port of the OCI distribution-spec conformance suite (classic Ginkgo + newer runner)."""
