@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import falcon
 
-from errors import DigestInvalid, RangeInvalid
 from auth.identity import PULL
+from errors import DigestInvalid, RangeInvalid
 from resources.http import body_chunks, content_range
 from storage.digests import ALGORITHMS, Digest, validate_name
 from storage.registry import Registry
