@@ -27,20 +27,27 @@ READ_BLOCK = 1024 * 1024
 
 class RangeFile:
     """A byte range of an open file. `fileno()` lets gunicorn use sendfile: it starts at the
-    file's current offset and sends at most the response's Content-Length."""
+    file's current offset and sends at most the response's Content-Length. Under gevent,
+    `socket.sendfile` falls back to seek() and read(), which stay inside the range too."""
 
-    def __init__(self, fh, length: int) -> None:
+    def __init__(self, fh, start: int, length: int) -> None:
         self._fh = fh
-        self._remaining = length
+        self._end = start + length
+        fh.seek(start)
 
     def read(self, size: int = -1) -> bytes:
-        if self._remaining <= 0:
+        remaining = self._end - self._fh.tell()
+        if remaining <= 0:
             return b""
-        if size is None or size < 0 or size > self._remaining:
-            size = self._remaining
-        data = self._fh.read(size)
-        self._remaining -= len(data)
-        return data
+        if size is None or size < 0 or size > remaining:
+            size = remaining
+        return self._fh.read(size)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._fh.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._fh.tell()
 
     def fileno(self) -> int:
         return self._fh.fileno()
@@ -153,9 +160,8 @@ class FilesystemDriver(StorageDriver):
             raise ObjectNotFound(key) from None
         size = os.fstat(fh.fileno()).st_size
         start = min(start, size)
-        fh.seek(start)
         available = size - start
-        return RangeFile(fh, available if length is None else min(length, available))
+        return RangeFile(fh, start, available if length is None else min(length, available))
 
     def list_children(self, prefix: str) -> list[str]:
         try:

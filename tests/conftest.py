@@ -124,7 +124,44 @@ class WsgiTarget:
         return f"{prefix}/{uuid.uuid4().hex[:12]}"
 
 
-@pytest.fixture(scope="session")
-def registry_target(tmp_path_factory) -> WsgiTarget:
-    settings = make_settings(tmp_path_factory.mktemp("conformance"))
-    return WsgiTarget(create_app(settings), (RW_USER, RW_PASS))
+@dataclass
+class GunicornTarget:
+    """A registry under test served by a real gunicorn with gevent workers."""
+
+    url: str
+    auth: tuple[str, str] | None
+
+    def client(self):
+        from tests.conformance.client import HttpClient
+
+        return HttpClient(self.url, auth=self.auth)
+
+    def repo(self, prefix: str = "conformance") -> str:
+        return f"{prefix}/{uuid.uuid4().hex[:12]}"
+
+
+# CONFORMANCE_URL (with CONFORMANCE_USER/CONFORMANCE_PASS) points the conformance suite at any
+# running registry instead, e.g. CNCF distribution to compare.
+_TARGETS = ["url"] if os.environ.get("CONFORMANCE_URL") else ["testclient", "gunicorn"]
+
+
+@pytest.fixture(scope="session", params=_TARGETS)
+def registry_target(request, tmp_path_factory):
+    """The conformance suite's target: the app in-process, then the same app under gunicorn."""
+    if request.param == "url":
+        user = os.environ.get("CONFORMANCE_USER")
+        yield GunicornTarget(
+            os.environ["CONFORMANCE_URL"], (user, os.environ.get("CONFORMANCE_PASS", "")) if user else None
+        )
+        return
+    if request.param == "testclient":
+        settings = make_settings(tmp_path_factory.mktemp("conformance"))
+        yield WsgiTarget(create_app(settings), (RW_USER, RW_PASS))
+        return
+    from tests.e2e.servers import BerthServer
+
+    server = BerthServer(tmp_path_factory.mktemp("conformance-gunicorn"), workers=2).start()
+    try:
+        yield GunicornTarget(server.url, server.rw.tuple)
+    finally:
+        server.stop()

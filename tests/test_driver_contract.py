@@ -74,6 +74,24 @@ def test_open_range(driver, start, length):
     assert got == data[start:end]
 
 
+def test_ranged_reader_under_sendfile_fallback(driver):
+    """gunicorn hands a reader with fileno() to socket.sendfile at the reader's offset; under
+    gevent that falls back to seek() + read(), which must stay inside the range."""
+    data = bytes(range(256)) * 4
+    driver.write_bytes("blob", data)
+    reader = driver.open_range("blob", 100, 50)
+    try:
+        if not hasattr(reader, "fileno"):
+            pytest.skip("not a local file")
+        offset = os.lseek(reader.fileno(), 0, os.SEEK_CUR)
+        assert offset == 100
+        reader.seek(offset)
+        got = b"".join(iter(lambda: reader.read(8192), b""))
+    finally:
+        reader.close()
+    assert got == data[100:150]
+
+
 def test_list_children_and_prefix_safety(driver):
     for key in ("r/a/x", "r/a/y", "r/b", "r2/z", "rr/q"):
         driver.write_bytes(key, b"1")

@@ -16,24 +16,7 @@ Other switches (all optional):
 
 from __future__ import annotations
 
-import os
-import uuid
-
 import pytest
-
-from .client import HttpClient
-
-
-class _UrlTarget:
-    def __init__(self, url: str, auth):
-        self.url = url
-        self.auth = auth
-
-    def client(self):
-        return HttpClient(self.url, auth=self.auth)
-
-    def repo(self, prefix: str = "conformance") -> str:
-        return f"{prefix}/{uuid.uuid4().hex[:16]}"
 
 
 class ConformanceTarget:
@@ -48,15 +31,10 @@ class ConformanceTarget:
 
 
 @pytest.fixture(scope="module")
-def oci_target(request):
-    url = os.environ.get("CONFORMANCE_URL")
-    if url:
-        user = os.environ.get("CONFORMANCE_USER")
-        auth = (user, os.environ.get("CONFORMANCE_PASS", "")) if user else None
-        target = _UrlTarget(url, auth)
-    else:
-        target = request.getfixturevalue("registry_target")
-    ct = ConformanceTarget(target)
+def oci_target(registry_target):
+    """Every test runs against each target of the project's `registry_target` fixture (the app
+    through TestClient and under gunicorn, or CONFORMANCE_URL)."""
+    ct = ConformanceTarget(registry_target)
     yield ct
     close = getattr(ct.client, "close", None)
     if close:

@@ -17,7 +17,9 @@ MT = "application/vnd.oci.image.manifest.v1+json"
 OCTET = {"Content-Type": "application/octet-stream"}
 # Berth mounts without `from` for users who may read everything; a foreign registry is
 # only checked for it when asked.
-AUTO_CROSSMOUNT = os.environ.get("CONFORMANCE_AUTOMATIC_CROSSMOUNT", "" if os.environ.get("CONFORMANCE_URL") else "1")
+AUTO_CROSSMOUNT = os.environ.get(
+    "CONFORMANCE_AUTOMATIC_CROSSMOUNT", "" if os.environ.get("CONFORMANCE_URL") else "1"
+)
 
 
 @pytest.fixture(scope="class")
