@@ -1,10 +1,14 @@
 """gunicorn's gevent worker, with what a registry needs at the socket level.
 
-Docker, podman and skopeo probe an insecure registry with a TLS ClientHello before falling back
+- Docker, podman and skopeo probe an insecure registry with a TLS ClientHello before falling back
 to plain HTTP. gunicorn would wait for a request line that never comes (until the keep-alive
 timeout), and the client would sit in its TLS handshake timeout on every session. Answering a
 TLS record with a plain HTTP 400 and closing, as Go's net/http does, lets the client fall back
 at once.
+- On a graceful stop or reload, gunicorn waits for every connection's greenlet, including idle
+  keep-alive connections waiting for a next request that may never come (up to the keep-alive
+  timeout). Requests in flight, uploads included, must be allowed to finish; idle connections
+  are closed at once instead, and clients reconnect to the new workers.
 
 This module is loaded by the gunicorn master (as `worker_class`), before gevent patches
 anything: it imports only gunicorn and the standard library.
@@ -13,7 +17,9 @@ anything: it imports only gunicorn and the standard library.
 from __future__ import annotations
 
 import socket
+from contextlib import contextmanager, suppress
 
+import gevent
 from gunicorn.workers.ggevent import GeventWorker
 
 TLS_HANDSHAKE_RECORD = 0x16
@@ -26,22 +32,70 @@ _TLS_REFUSAL = (
 
 
 class RegistryGeventWorker(GeventWorker):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._connections: dict[gevent.Greenlet, socket.socket] = {}
+        self._idle: set[gevent.Greenlet] = set()
+
     def handle(self, listener, client, addr):
-        if self.cfg.is_ssl:
-            # gunicorn terminates TLS itself here: a ClientHello is what it expects.
-            super().handle(listener, client, addr)
-            return
-        client.setblocking(1)
+        current = gevent.getcurrent()
+        self._connections[current] = client
         try:
-            first = client.recv(1, socket.MSG_PEEK)
-        except OSError:
-            first = b""
-        if first and first[0] == TLS_HANDSHAKE_RECORD:
-            try:
-                client.sendall(_TLS_REFUSAL)
-            except OSError:
-                pass
-            finally:
-                client.close()
-            return
-        super().handle(listener, client, addr)
+            if not self.cfg.is_ssl and _is_tls_probe(client):
+                # (With gunicorn terminating TLS itself, a ClientHello is what it expects.)
+                _refuse_tls(client)
+                return
+            super().handle(listener, client, addr)
+        finally:
+            self._connections.pop(current, None)
+
+    @contextmanager
+    def timeout_ctx(self):
+        # gunicorn waits for each next request (the first included) inside this context: while
+        # in it, the connection is idle.
+        current = gevent.getcurrent()
+        self._idle.add(current)
+        try:
+            with gevent.Timeout(self.cfg.keepalive, False):
+                yield
+        finally:
+            self._idle.discard(current)
+
+    def handle_exit(self, sig, frame):
+        super().handle_exit(sig, frame)
+        gevent.spawn(self._close_idle_connections)
+
+    def _close_idle_connections(self) -> None:
+        # Repeated until the process ends: connections accepted just before the listener
+        # closed, or going idle after their last request, are closed too.
+        while True:
+            for greenlet in list(self._idle):
+                client = self._connections.get(greenlet)
+                if client is not None:
+                    with suppress(OSError):
+                        client.shutdown(socket.SHUT_RDWR)
+            gevent.sleep(0.2)
+
+
+def _is_tls_probe(client: socket.socket) -> bool:
+    client.setblocking(1)
+    try:
+        first = client.recv(1, socket.MSG_PEEK)
+    except OSError:
+        return False
+    return bool(first) and first[0] == TLS_HANDSHAKE_RECORD
+
+
+def _refuse_tls(client: socket.socket) -> None:
+    """Answer, then close gracefully: closing with the ClientHello still unread would make the
+    kernel send a reset, and the client could lose the answer."""
+    try:
+        client.sendall(_TLS_REFUSAL)
+        client.shutdown(socket.SHUT_WR)
+        client.settimeout(2)
+        while client.recv(65536):  # drain until the client closes (or 2 s of silence)
+            pass
+    except OSError:
+        pass
+    finally:
+        client.close()

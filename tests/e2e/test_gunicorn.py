@@ -1,0 +1,167 @@
+"""Berth under a real gunicorn with gevent workers: behaviour that only shows at the socket and
+process level (TLS probes, memory bounded whatever the blob size, startup validation)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from .process import REPO_ROOT
+from .servers import BerthServer
+
+pytestmark = pytest.mark.e2e
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def berth(make_registry, registry_class):
+    if registry_class is not BerthServer:
+        pytest.skip("Berth-specific")
+    return make_registry(workers=2)
+
+
+def test_tls_probe_on_the_plain_port_is_answered_at_once(berth):
+    """docker/podman/skopeo send a TLS ClientHello first; a prompt plain-HTTP answer lets them
+    fall back to HTTP without waiting for a handshake timeout."""
+    hello = bytes.fromhex("160301") + (200).to_bytes(2, "big") + b"\x01" + b"\x00" * 199
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", berth.port), timeout=10) as s:
+        s.sendall(hello)
+        reply = b""
+        while chunk := s.recv(4096):
+            reply += chunk
+    assert time.monotonic() - started < 2
+    assert reply.startswith(b"HTTP/1.0 400 Bad Request\r\n")
+    # ...and the same port still serves plain HTTP.
+    assert berth.session().get(f"{berth.url}/v2/", timeout=10).status_code == 200
+
+
+def _peak_rss_mib(pids) -> float:
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                total += int(line.split()[1])
+    return total / 1024
+
+
+def _reset_peaks(pids) -> None:
+    for pid in pids:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def test_memory_stays_bounded_for_big_blobs(berth):
+    """Push 512 MiB streamed (chunked, no length) and 256 MiB in one PUT, then pull them: the
+    workers' peak memory must not grow with the blob size."""
+    s = berth.session()
+    workers = berth.worker_pids()
+    assert len(workers) == 2
+    base = f"{berth.url}/v2/mem/test"
+    piece = os.urandom(MiB)
+
+    def body(n_mib):
+        for i in range(n_mib):
+            yield i.to_bytes(8, "big") + piece[8:]
+
+    def digest_of(n_mib):
+        h = hashlib.sha256()
+        for chunk in body(n_mib):
+            h.update(chunk)
+        return "sha256:" + h.hexdigest()
+
+    s.get(f"{berth.url}/v2/", timeout=10)  # warm both the app and the client
+    _reset_peaks(workers)
+    before = _peak_rss_mib(workers)
+
+    big = digest_of(512)
+    r = s.post(f"{base}/blobs/uploads/", timeout=30)
+    r = s.patch(berth.url + r.headers["Location"], data=body(512), timeout=300)  # chunked
+    assert r.status_code == 202, r.text
+    r = s.put(berth.url + r.headers["Location"], params={"digest": big}, timeout=60)
+    assert r.status_code == 201, r.text
+
+    mid = digest_of(256)
+    r = s.post(f"{base}/blobs/uploads/", timeout=30)
+    whole = b"".join(body(256))  # the client's copy; the server must not need one
+    r = s.put(berth.url + r.headers["Location"], params={"digest": mid}, data=whole, timeout=300)
+    assert r.status_code == 201, r.text
+    del whole
+
+    for digest, size in ((big, 512 * MiB), (mid, 256 * MiB)):
+        h, n = hashlib.sha256(), 0
+        with s.get(f"{base}/blobs/{digest}", stream=True, timeout=300) as r:
+            assert r.status_code == 200
+            for chunk in r.iter_content(MiB):
+                h.update(chunk)
+                n += len(chunk)
+        assert n == size
+        assert "sha256:" + h.hexdigest() == digest
+
+    grown = _peak_rss_mib(workers) - before
+    assert grown < 64, f"workers' peak memory grew by {grown:.0f} MiB for 768 MiB of blobs"
+
+
+def test_invalid_settings_stop_the_server_with_one_clear_message(tmp_path):
+    env = {**os.environ, "REGISTRY_DATA_DIR": str(tmp_path), "ANONYMOUS_PULL": "maybe"}
+    proc = subprocess.run(
+        [BerthServer.gunicorn_path(), "-c", "gunicorn.conf.py", "-b", "127.0.0.1:0", "app:app"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "Berth: invalid settings: ANONYMOUS_PULL must be true or false, not 'maybe'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_reload_lets_an_upload_in_flight_finish(berth):
+    """A graceful reload (SIGHUP) while a PATCH streams: the old worker finishes the request,
+    the upload completes on the new workers, and idle keep-alive connections do not hold the
+    old workers back."""
+    import signal
+    import threading
+
+    s = berth.session()
+    idle = berth.session()
+    assert idle.get(f"{berth.url}/v2/", timeout=10).status_code == 200  # now an idle keep-alive
+    old_workers = berth.worker_pids()
+    piece = os.urandom(MiB)
+
+    def slow_body():
+        for _ in range(20):
+            yield piece
+            time.sleep(0.1)
+
+    r = s.post(f"{berth.url}/v2/reload/test/blobs/uploads/", timeout=30)
+    location = berth.url + r.headers["Location"]
+    result = {}
+
+    def patch():
+        result["response"] = s.patch(location, data=slow_body(), timeout=60)
+
+    t = threading.Thread(target=patch)
+    t.start()
+    time.sleep(0.5)
+    os.kill(berth.pid, signal.SIGHUP)
+    t.join(60)
+    r = result["response"]
+    assert r.status_code == 202, r.text
+    assert r.headers["Range"] == f"0-{20 * MiB - 1}"
+    digest = "sha256:" + hashlib.sha256(piece * 20).hexdigest()
+    r = berth.session().put(berth.url + r.headers["Location"], params={"digest": digest}, timeout=30)
+    assert r.status_code == 201, r.text
+    # The old workers are gone soon after their last request, idle connections or not.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and berth.worker_pids() & old_workers:
+        time.sleep(0.2)
+    assert not berth.worker_pids() & old_workers
+    assert len(berth.worker_pids()) == 2
