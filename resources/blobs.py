@@ -25,6 +25,13 @@ class Blob:
     def on_get(self, req: falcon.Request, resp: falcon.Response, name: str, digest: str) -> None:
         info = self._registry.blobs.stat(validate_name(name), Digest.parse(digest))
         self._headers(resp, info.digest)
+        url = self._registry.blobs.redirect_url(info.digest)
+        if url is not None:
+            # The bytes come straight from object storage; Range goes along with the client.
+            resp.status = falcon.HTTP_307
+            resp.location = url
+            resp.content_length = 0
+            return
         start, length = 0, info.size
         wanted = byte_range(req.get_header("Range"), info.size)
         if wanted is not None:

@@ -40,6 +40,9 @@ class BlobStore:
         except ObjectNotFound:
             raise BlobUnknown(detail={"digest": str(digest)}) from None
 
+    def redirect_url(self, digest: Digest) -> str | None:
+        return self._driver.redirect_url(paths.blob_data(digest))
+
     def exists_anywhere(self, digest: Digest) -> bool:
         return self._driver.exists(paths.blob_data(digest))
 

@@ -108,6 +108,11 @@ class StorageDriver(ABC):
         """Hold an exclusive, non-blocking lock named `key` across processes sharing this
         storage; raises ObjectBusy at once if another holder has it."""
 
+    def redirect_url(self, key: str, expires_in: int = 1200) -> str | None:
+        """A URL a client can fetch the object from directly, bypassing the registry; None
+        when the backend has none (local disk) or redirects are off."""
+        return None
+
     @abstractmethod
     def check(self) -> None:
         """Raise StorageError if the backend is not usable (startup and readiness)."""
