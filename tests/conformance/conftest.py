@@ -9,9 +9,17 @@ Target selection:
 
 Other switches (all optional):
 * ``CONFORMANCE_STRICT=1``: things the Go suite only reports as "unsupported" (e.g. 202 instead
-  of 201 on a monolithic POST, 400/405 on DELETE by tag, no range support) fail instead of skip.
-* ``CONFORMANCE_SPARSE=1``: run the "sparse" data set (disabled by default in the Go suite too).
-* ``CONFORMANCE_AUTOMATIC_CROSSMOUNT=1|0``: run the classic "mount without from" checks.
+  of 201 on a monolithic POST, 400/405 on DELETE by tag, no range support) fail instead of skip
+  against a foreign registry.  Against Berth (``CONFORMANCE_URL`` unset) they always fail.
+* ``CONFORMANCE_SPARSE=1``: generate the "sparse" data set (disabled by default in the Go suite too).
+* ``CONFORMANCE_AUTOMATIC_CROSSMOUNT=1|0``: generate the classic "mount without from" check for
+  that setting (default: 1 for Berth, unset = neither check for a foreign registry).
+* ``OCI_TAG_NAME`` + ``OCI_MANIFEST_DIGEST`` + ``OCI_BLOB_DIGEST`` / ``OCI_TAG_LIST``: the Go
+  suite's read-only-run variables; only then are the classic "from environment" setup steps
+  generated (this port always pushes its own data, so they only report that).
+
+Steps that cannot apply to the configured run are not generated at all (collection time), so a
+run against Berth has no skips.
 """
 
 from __future__ import annotations
