@@ -69,6 +69,11 @@ class AppendWriter(ABC):
     def abort(self) -> None:
         """Discard everything written (cancelled or failed upload)."""
 
+    @abstractmethod
+    def abandon(self) -> None:
+        """A request failed half way: drop what this writer added since it was opened, and
+        leave what the upload's saved state refers to untouched."""
+
 
 class StorageDriver(ABC):
     @abstractmethod
@@ -100,13 +105,19 @@ class StorageDriver(ABC):
         """Remove everything under `prefix`; absent is fine."""
 
     @abstractmethod
-    def append_writer(self, key: str, resume: dict[str, Any] | None = None) -> AppendWriter:
-        """A writer for upload bytes staged at `key`, fresh or resumed from a saved state."""
+    def append_writer(
+        self, key: str, resume: dict[str, Any] | None = None, target: str | None = None
+    ) -> AppendWriter:
+        """A writer for upload bytes staged at `key`, fresh or resumed from a saved state.
+        `target` is the key a fresh writer will most likely be committed to (known when the
+        digest comes with the first byte): backends that cannot rename cheaply write there
+        directly, invisibly until commit."""
 
     @abstractmethod
     def exclusive(self, key: str) -> AbstractContextManager[None]:
-        """Hold an exclusive, non-blocking lock named `key` across processes sharing this
-        storage; raises ObjectBusy at once if another holder has it."""
+        """Hold an exclusive, non-blocking lock named `key` across processes and instances
+        sharing this storage; raises ObjectBusy at once if another holder has it. A backend
+        may refuse (ObjectNotFound) a lock whose parent prefix holds nothing."""
 
     def redirect_url(self, key: str, expires_in: int = 1200) -> str | None:
         """A URL a client can fetch the object from directly, bypassing the registry; None

@@ -60,6 +60,7 @@ class FilesystemAppendWriter(AppendWriter):
     def __init__(self, driver: FilesystemDriver, key: str, resume: dict[str, Any] | None) -> None:
         self._driver = driver
         self._path = driver.path(key)
+        self._fresh = resume is None
         if resume is None:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(self._path, "wb")
@@ -112,8 +113,12 @@ class FilesystemAppendWriter(AppendWriter):
         self._fh.close()
         self._path.unlink(missing_ok=True)
 
-    def close(self) -> None:
+    def abandon(self) -> None:
+        # A resumed file is cut back to its saved size by the next writer; a fresh one has no
+        # saved state to keep.
         self._fh.close()
+        if self._fresh:
+            self._path.unlink(missing_ok=True)
 
 
 class FilesystemDriver(StorageDriver):
@@ -192,7 +197,10 @@ class FilesystemDriver(StorageDriver):
                 return
             directory = directory.parent
 
-    def append_writer(self, key: str, resume: dict[str, Any] | None = None) -> FilesystemAppendWriter:
+    def append_writer(
+        self, key: str, resume: dict[str, Any] | None = None, target: str | None = None
+    ) -> FilesystemAppendWriter:
+        # A rename is cheap here: always stage at `key`, whatever the target.
         return FilesystemAppendWriter(self, key, resume)
 
     @contextmanager

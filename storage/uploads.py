@@ -8,7 +8,8 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,8 +83,9 @@ class UploadService:
         return self._load(name, upload_id, owner)
 
     def cancel(self, name: str, upload_id: str, owner: str) -> None:
-        with self._locked(upload_id):
-            self._load(name, upload_id, owner)
+        with self._locked(name, upload_id, owner) as state:
+            writer = self._open_writer(state)
+            writer.abort()  # also aborts a multipart upload in progress
             self._driver.delete_prefix(paths.upload_dir(upload_id))
 
     def append(
@@ -97,12 +99,12 @@ class UploadService:
     ) -> UploadState:
         """A PATCH: add a chunk. The state is saved only once the whole chunk is in, so a
         request that fails half way leaves the upload exactly where it was."""
-        with self._locked(upload_id):
-            state = self._load(name, upload_id, owner)
+        with self._locked(name, upload_id, owner) as state:
             writer = self._open_writer(state)
-            self._write_chunk(state, writer, body, content_range, content_length)
-            state.writer = writer.state()
-            self._save(state)
+            with _abandon_on_failure(writer):
+                self._write_chunk(state, writer, body, content_range, content_length)
+                state.writer = writer.state()
+                self._save(state)
             return state
 
     def finish(
@@ -116,15 +118,18 @@ class UploadService:
         content_length: int | None,
     ) -> BlobInfo:
         """The closing PUT: take an optional last chunk, verify the digest, publish the blob."""
-        with self._locked(upload_id):
-            state = self._load(name, upload_id, owner)
-            if state.size == 0 and state.hash.algorithm != digest.algorithm:
-                # Nothing hashed yet: hash with the algorithm the client names.
+        with self._locked(name, upload_id, owner) as state:
+            target = None
+            if state.writer is None:
+                # Nothing received before this request: the digest is known before the first
+                # byte, so hash with its algorithm and let the backend write in place.
                 state.hash = ResumableHash(digest.algorithm)
-            writer = self._open_writer(state)
-            # If the last chunk fails, the saved state is untouched and the next request's
-            # writer drops the partial bytes.
-            self._write_chunk(state, writer, body, content_range, content_length)
+                target = paths.blob_data(digest)
+            writer = self._open_writer(state, target)
+            # If the last chunk fails, the saved state is untouched and the upload continues
+            # from it.
+            with _abandon_on_failure(writer):
+                self._write_chunk(state, writer, body, content_range, content_length)
             return self._publish(state, writer, digest)
 
     def upload_whole(
@@ -134,7 +139,9 @@ class UploadService:
         state = UploadState(
             str(uuid.uuid4()), name, owner, time.time(), 0, ResumableHash(digest.algorithm), None
         )
-        writer = self._driver.append_writer(paths.upload_data(state.upload_id))
+        writer = self._driver.append_writer(
+            paths.upload_data(state.upload_id), target=paths.blob_data(digest)
+        )
         try:
             self._write_chunk(state, writer, body, None, content_length)
         except BaseException:
@@ -151,6 +158,8 @@ class UploadService:
             if actual != digest:
                 writer.abort()
                 raise DigestInvalid(detail={"expected": str(digest), "actual": str(actual)})
+            # A failure below leaves the upload to the finally's cleanup; `abort` also ends
+            # a multipart upload that never completed.
             if self._blobs.exists_anywhere(digest):
                 writer.abort()  # same bytes are already stored: keep one copy
             else:
@@ -198,9 +207,11 @@ class UploadService:
             raise SizeInvalid("body length does not match Content-Range")
         state.size += received
 
-    def _open_writer(self, state: UploadState) -> AppendWriter:
+    def _open_writer(self, state: UploadState, target: str | None = None) -> AppendWriter:
         try:
-            return self._driver.append_writer(paths.upload_data(state.upload_id), resume=state.writer)
+            return self._driver.append_writer(
+                paths.upload_data(state.upload_id), resume=state.writer, target=target
+            )
         except ObjectNotFound:
             raise BlobUploadUnknown(detail={"upload": state.upload_id}) from None
 
@@ -221,27 +232,32 @@ class UploadService:
     def _save(self, state: UploadState) -> None:
         self._driver.write_bytes(paths.upload_state(state.upload_id), state.to_json())
 
-    def _locked(self, upload_id: str):
-        if not _UPLOAD_ID_RE.match(upload_id):
-            raise BlobUploadUnknown(detail={"upload": upload_id})
-        return _UploadLock(self._driver, upload_id)
-
-
-class _UploadLock:
-    def __init__(self, driver: StorageDriver, upload_id: str) -> None:
-        self._cm = driver.exclusive(paths.upload_lock(upload_id))
-
-    def __enter__(self) -> None:
+    @contextmanager
+    def _locked(self, name: str, upload_id: str, owner: str) -> Iterator[UploadState]:
+        """The upload's state, read under its exclusive lock: only one request writes an
+        upload at a time. Unknown uploads are refused before any lock is taken."""
+        self._load(name, upload_id, owner)
         try:
-            self._cm.__enter__()
+            lock = self._driver.exclusive(paths.upload_lock(upload_id))
+            lock.__enter__()
         except ObjectBusy:
-            # Only one request writes an upload at a time; a second one is out of order.
+            # A second request while one is writing is out of order by definition.
             raise BlobUploadInvalid("another request is writing this upload", status=416) from None
         except ObjectNotFound:
-            raise BlobUploadUnknown() from None
+            raise BlobUploadUnknown(detail={"upload": upload_id}) from None
+        try:
+            yield self._load(name, upload_id, owner)  # read again: the holder before us may have moved it
+        finally:
+            lock.__exit__(None, None, None)
 
-    def __exit__(self, *exc) -> None:
-        self._cm.__exit__(*exc)
+
+@contextmanager
+def _abandon_on_failure(writer: AppendWriter) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        writer.abandon()
+        raise
 
 
 def range_headers(state: UploadState) -> dict[str, str]:

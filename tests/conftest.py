@@ -165,3 +165,40 @@ def registry_target(request, tmp_path_factory):
         yield GunicornTarget(server.url, server.rw.tuple)
     finally:
         server.stop()
+
+
+@pytest.fixture
+def s3_bucket():
+    """An in-process S3 (moto) with an empty bucket; yields its name."""
+    from moto import mock_aws
+
+    with mock_aws():
+        import boto3
+
+        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="berth-test")
+        yield "berth-test"
+
+
+@pytest.fixture
+def r2_strict():
+    from tests.s3_strict import R2StrictChecker
+
+    return R2StrictChecker()
+
+
+@pytest.fixture
+def make_s3_driver(s3_bucket, r2_strict):
+    """A factory of S3 drivers over one moto bucket (5 MiB parts), each checked against R2's
+    multipart rules."""
+    from settings import S3Settings
+    from storage.s3 import S3Driver
+
+    def make(**overrides):
+        settings = S3Settings(
+            bucket=s3_bucket, region="us-east-1", prefix="reg", part_size=5 * 1024 * 1024, **overrides
+        )
+        driver = S3Driver(settings)
+        r2_strict.attach(driver.client)
+        return driver
+
+    return make

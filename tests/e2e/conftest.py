@@ -87,12 +87,61 @@ def make_registry(registry_class, tmp_path_factory):
         s.stop()
 
 
+# Berth's real-client flows run over both storage backends; S3 is moto's server over HTTP,
+# behind a proxy that enforces R2's multipart rules.
+STORAGES = ["filesystem", "s3"] if E2E_TARGET == "berth" else ["filesystem"]
+
+
 @pytest.fixture(scope="session")
-def registry(registry_class, tmp_path_factory):
-    """The shared registry: basic auth (read-write + read-only users), 2 gevent workers."""
+def moto_s3(tmp_path_factory):
+    """moto's S3 server and the R2-strict proxy in front of it, with one bucket."""
+    import boto3
+
+    from .s3_servers import MotoServer, R2StrictProxy
+
+    moto = MotoServer(tmp_path_factory.mktemp("moto")).start()
+    proxy = R2StrictProxy(tmp_path_factory.mktemp("r2-proxy"), moto.port).start()
+    boto3.client(
+        "s3",
+        endpoint_url=moto.url,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    ).create_bucket(Bucket="berth-e2e")
+    yield proxy
+    proxy.stop()
+    moto.stop()
+    assert not proxy.violations, f"multipart uploads R2 would refuse: {proxy.violations}"
+
+
+@pytest.fixture(scope="session")
+def s3_env(moto_s3):
+    """Settings for a Berth on the S3 endpoint; each call is a fresh key prefix (registry)."""
+
+    def make(prefix: str | None = None) -> dict[str, str]:
+        return {
+            "REGISTRY_STORAGE": "s3",
+            "REGISTRY_S3_BUCKET": "berth-e2e",
+            "REGISTRY_S3_ENDPOINT_URL": moto_s3.url,
+            "REGISTRY_S3_REGION": "us-east-1",
+            "REGISTRY_S3_PREFIX": prefix or f"e2e-{uuid.uuid4().hex[:8]}",
+            "REGISTRY_S3_PART_SIZE": str(5 * 1024 * 1024),
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+        }
+
+    return make
+
+
+@pytest.fixture(scope="session", params=STORAGES)
+def registry(request, registry_class, tmp_path_factory):
+    """The shared registry: basic auth (read-write + read-only users), 2 gevent workers, on
+    each storage backend in turn."""
     kwargs = {"workdir": tmp_path_factory.mktemp("shared-registry"), "auth": True}
     if registry_class is BerthServer:
         kwargs.update(workers=2, access_log=True)
+        if request.param == "s3":
+            kwargs["extra_env"] = request.getfixturevalue("s3_env")()
     server = registry_class(**kwargs)
     server.start()
     yield server

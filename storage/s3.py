@@ -1,0 +1,322 @@
+"""S3-compatible object storage (Cloudflare R2, AWS S3, MinIO, moto) through boto3.
+
+Small objects are plain GET/PUT; uploads go through S3AppendWriter (storage/s3_writer.py), which
+re-cuts the stream into equal parts as R2 demands. Every S3 error is translated in one place
+(`_translate`), so the registry above sees only storage errors."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from settings import S3Settings
+from storage.driver import (
+    InvalidKey,
+    ObjectBusy,
+    ObjectNotFound,
+    StorageDriver,
+    StorageError,
+)
+
+log = logging.getLogger("berth.s3")
+
+# Locks are leases: a crashed holder's lock expires. Holders renew well before expiry.
+LOCK_TTL = 60.0
+LOCK_RENEW_EVERY = 15.0
+READ_CHUNK = 1024 * 1024
+
+
+class BackendUnavailable(StorageError):
+    """The object store is throttling or unreachable: worth a retry later."""
+
+
+_NOT_FOUND = {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
+_BUSY = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+_THROTTLED = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "503",
+    "429",
+    "ServiceUnavailable",
+    "TooManyRequests",
+}
+
+
+def _translate(exc: Exception, key: str) -> StorageError:
+    """The one table from S3 errors to storage errors."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        if code in _NOT_FOUND or status == "404":
+            return ObjectNotFound(key)
+        if code in _BUSY or status == "412":
+            return ObjectBusy(key)
+        if code in _THROTTLED or status in ("429", "503"):
+            return BackendUnavailable(f"object store busy ({code or status})")
+        return StorageError(f"object store error {code or status} on {key}")
+    if isinstance(exc, BotoCoreError):
+        return BackendUnavailable(f"object store unreachable: {type(exc).__name__}")
+    return StorageError(str(exc))
+
+
+@contextmanager
+def s3_errors(key: str) -> Iterator[None]:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except (ClientError, BotoCoreError) as exc:
+        raise _translate(exc, key) from exc
+
+
+class S3Reader:
+    """A ranged object body, read in pieces; never the whole object at once."""
+
+    def __init__(self, body) -> None:
+        self._body = body
+
+    def read(self, size: int = -1) -> bytes:
+        with s3_errors("body"):
+            return self._body.read(READ_CHUNK if size is None or size < 0 else size)
+
+    def close(self) -> None:
+        self._body.close()
+
+
+class S3Driver(StorageDriver):
+    def __init__(self, settings: S3Settings) -> None:
+        self.settings = settings
+        self.part_size = settings.part_size
+        self._prefix = f"{settings.prefix}/" if settings.prefix else ""
+        self._client = None
+        self._client_pid = None
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    @property
+    def client(self):
+        # One client per process, made after gunicorn forks (and after gevent patched ssl).
+        if self._client is None or self._client_pid != os.getpid():
+            import boto3
+            from botocore.config import Config
+
+            config = Config(
+                region_name=self.settings.region,
+                signature_version="s3v4",
+                max_pool_connections=self.settings.max_pool_connections,
+                retries={"mode": "standard", "max_attempts": 4},
+                connect_timeout=10,
+                read_timeout=120,
+                # R2 rejects the CRC32 aws-chunked trailers boto3 >= 1.36 sends by default.
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+                s3={"addressing_style": "path"},
+            )
+            self._client = boto3.session.Session().client(
+                "s3", endpoint_url=self.settings.endpoint_url, config=config
+            )
+            self._client_pid = os.getpid()
+        return self._client
+
+    @property
+    def bucket(self) -> str:
+        return self.settings.bucket
+
+    def object_key(self, key: str) -> str:
+        parts = key.split("/")
+        if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise InvalidKey(key)
+        return self._prefix + key
+
+    # -- small objects -----------------------------------------------------------------------
+
+    def read_bytes(self, key: str) -> bytes:
+        with s3_errors(key):
+            return self.client.get_object(Bucket=self.bucket, Key=self.object_key(key))["Body"].read()
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        with s3_errors(key):
+            self.client.put_object(Bucket=self.bucket, Key=self.object_key(key), Body=data)
+
+    def size(self, key: str) -> int:
+        with s3_errors(key):
+            return int(self.client.head_object(Bucket=self.bucket, Key=self.object_key(key))["ContentLength"])
+
+    def open_range(self, key: str, start: int = 0, length: int | None = None) -> S3Reader:
+        object_key = self.object_key(key)
+        with s3_errors(key):
+            if length == 0:
+                self.client.head_object(Bucket=self.bucket, Key=object_key)
+                return S3Reader(_EmptyBody())
+            byte_range = f"bytes={start}-" if length is None else f"bytes={start}-{start + length - 1}"
+            try:
+                body = self.client.get_object(Bucket=self.bucket, Key=object_key, Range=byte_range)["Body"]
+            except Exception as exc:
+                if _is_invalid_range(exc):  # start at or past the end: an empty read
+                    return S3Reader(_EmptyBody())
+                raise
+            return S3Reader(body)
+
+    def list_children(self, prefix: str) -> list[str]:
+        base = self.object_key(prefix) + "/"
+        names: list[str] = []
+        with s3_errors(prefix):
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=base, Delimiter="/"
+            ):
+                names.extend(p["Prefix"][len(base) :].rstrip("/") for p in page.get("CommonPrefixes", []))
+                names.extend(o["Key"][len(base) :] for o in page.get("Contents", []))
+        return [n for n in names if n]
+
+    def delete(self, key: str) -> None:
+        with s3_errors(key):
+            self.client.delete_object(Bucket=self.bucket, Key=self.object_key(key))
+
+    def delete_prefix(self, prefix: str) -> None:
+        base = self.object_key(prefix) + "/"
+        with s3_errors(prefix):
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=base
+            ):
+                keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+                if keys:
+                    self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
+
+    # -- uploads -----------------------------------------------------------------------------
+
+    def append_writer(self, key: str, resume: dict[str, Any] | None = None, target: str | None = None):
+        from storage.s3_writer import S3AppendWriter
+
+        return S3AppendWriter(self, key, resume, target)
+
+    @contextmanager
+    def exclusive(self, key: str) -> Iterator[None]:
+        lease = _Lease(self, self.object_key(key), key)
+        lease.acquire()
+        try:
+            yield
+        finally:
+            lease.release()
+
+    def redirect_url(self, key: str, expires_in: int = 1200) -> str | None:
+        if not self.settings.redirect_downloads:
+            return None
+        with s3_errors(key):
+            return self.client.generate_presigned_url(
+                "get_object",
+                Params={"Bucket": self.bucket, "Key": self.object_key(key)},
+                ExpiresIn=expires_in,
+            )
+
+    def check(self) -> None:
+        try:
+            with s3_errors(""):
+                self.client.head_bucket(Bucket=self.bucket)
+        except ObjectNotFound:
+            raise StorageError(f"bucket {self.bucket!r} does not exist") from None
+        except StorageError as exc:
+            raise StorageError(
+                f"bucket {self.bucket!r} at {self.settings.endpoint_url or 'AWS'} is not usable: {exc}"
+            ) from exc
+
+
+class _EmptyBody:
+    def read(self, size: int = -1) -> bytes:
+        return b""
+
+    def close(self) -> None:
+        pass
+
+
+def _is_invalid_range(exc: Exception) -> bool:
+    response = getattr(exc, "response", None) or {}
+    return response.get("Error", {}).get("Code") == "InvalidRange"
+
+
+class _Lease:
+    """A lock object created with If-None-Match: *; it expires unless renewed, so a crashed
+    holder never blocks an upload for long. Renewal runs beside the request (a greenlet under
+    gevent) while the lock is held."""
+
+    def __init__(self, driver: S3Driver, object_key: str, key: str) -> None:
+        self._driver = driver
+        self._object_key = object_key
+        self._key = key
+        self._token = secrets.token_hex(16)
+        self._etag: str | None = None
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+
+    def _body(self) -> bytes:
+        return f"{self._token} {time.time() + LOCK_TTL:.3f}".encode()
+
+    def acquire(self) -> None:
+        client, bucket = self._driver.client, self._driver.bucket
+        try:
+            with s3_errors(self._key):
+                self._etag = client.put_object(
+                    Bucket=bucket, Key=self._object_key, Body=self._body(), IfNoneMatch="*"
+                )["ETag"]
+        except ObjectBusy:
+            self._take_over_if_expired()
+        self._renewer = threading.Thread(target=self._renew, daemon=True)
+        self._renewer.start()
+
+    def _take_over_if_expired(self) -> None:
+        client, bucket = self._driver.client, self._driver.bucket
+        try:
+            with s3_errors(self._key):
+                current = client.get_object(Bucket=bucket, Key=self._object_key)
+                holder = current["Body"].read().decode(errors="replace").split()
+        except ObjectNotFound:
+            holder = []
+            current = None
+        try:
+            expired = len(holder) != 2 or float(holder[1]) < time.time()
+        except ValueError:
+            expired = True
+        if not expired:
+            raise ObjectBusy(self._key)
+        with s3_errors(self._key):
+            if current is None:
+                self._etag = client.put_object(
+                    Bucket=bucket, Key=self._object_key, Body=self._body(), IfNoneMatch="*"
+                )["ETag"]
+            else:
+                self._etag = client.put_object(
+                    Bucket=bucket, Key=self._object_key, Body=self._body(), IfMatch=current["ETag"]
+                )["ETag"]
+
+    def _renew(self) -> None:
+        while not self._stop.wait(LOCK_RENEW_EVERY):
+            try:
+                with s3_errors(self._key):
+                    self._etag = self._driver.client.put_object(
+                        Bucket=self._driver.bucket,
+                        Key=self._object_key,
+                        Body=self._body(),
+                        IfMatch=self._etag,
+                    )["ETag"]
+            except StorageError as exc:
+                log.warning("lost the lease on %s: %s", self._key, exc)
+                return
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join(timeout=5)
+        try:
+            with s3_errors(self._key):
+                self._driver.client.delete_object(Bucket=self._driver.bucket, Key=self._object_key)
+        except StorageError as exc:
+            log.warning("could not release the lease on %s: %s", self._key, exc)

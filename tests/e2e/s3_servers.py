@@ -1,0 +1,219 @@
+"""An S3 endpoint for the end-to-end tests: moto's server over HTTP on 127.0.0.1, behind a small
+proxy that enforces Cloudflare R2's multipart rules (moto does not): every non-trailing part of
+a completed upload has the same size, at least 5 MiB, and the last is no larger. A violation is
+refused the way R2 refuses it (400 InvalidPart) and recorded for the tests to assert on."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import sys
+import threading
+import xml.etree.ElementTree as ET
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from tests.s3_strict import R2RuleViolation, check_part_sizes
+
+from .process import REPO_ROOT, _Process, free_port, require_binary
+
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
+
+
+class MotoServer(_Process):
+    name = "moto"
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        self.port = free_port()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self):
+        binary = require_binary("moto_server", str(Path(sys.executable).parent / "moto_server"))
+        self._spawn([binary, "-H", "127.0.0.1", "-p", str(self.port)])
+        import time
+
+        import requests
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            self._check_alive()
+            try:
+                requests.get(self.url, timeout=1)
+                return self
+            except requests.RequestException:
+                time.sleep(0.1)
+        raise RuntimeError("moto_server did not start")
+
+
+class R2StrictProxy(_Process):
+    """The proxy in its own process (in the test process, its threads would fight the test's
+    own client threads for the GIL). It reports each completion as a JSON line in a file."""
+
+    name = "r2-strict-proxy"
+
+    def __init__(self, workdir: Path, upstream_port: int) -> None:
+        super().__init__(workdir)
+        self.upstream_port = upstream_port
+        self.port = free_port()
+        self.report = self.workdir / "completions.jsonl"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self):
+        import time
+
+        import requests
+
+        self._spawn(
+            [
+                sys.executable,
+                "-m",
+                "tests.e2e.s3_servers",
+                str(self.port),
+                str(self.upstream_port),
+                str(self.report),
+            ],
+            cwd=REPO_ROOT,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            self._check_alive()
+            try:
+                requests.get(self.url, timeout=1)
+                return self
+            except requests.RequestException:
+                time.sleep(0.1)
+        raise RuntimeError("the R2-strict proxy did not start")
+
+    def _records(self) -> list[dict]:
+        if not self.report.exists():
+            return []
+        return [json.loads(line) for line in self.report.read_text().splitlines() if line.strip()]
+
+    @property
+    def completed(self) -> list[list[int]]:
+        return [r["sizes"] for r in self._records() if "sizes" in r]
+
+    @property
+    def violations(self) -> list[str]:
+        return [r["violation"] for r in self._records() if "violation" in r]
+
+
+class _ProxyServer:
+    """Forwards every request to `upstream`, streaming bodies, and checks completions."""
+
+    def __init__(self, port: int, upstream_port: int, report: Path) -> None:
+        self.upstream_port = upstream_port
+        self.report = report
+        self.parts: dict[tuple[str, int], int] = {}
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _forward(self):
+                proxy.handle(self)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server.daemon_threads = True
+
+    def _record(self, entry: dict) -> None:
+        with self._lock, open(self.report, "a") as fh:
+            fh.write(json.dumps(entry) + "\n")
+
+    def handle(self, h: BaseHTTPRequestHandler) -> None:
+        query = parse_qs(urlsplit(h.path).query, keep_blank_values=True)
+        length = int(h.headers.get("Content-Length") or 0)
+        upload_id = query.get("uploadId", [None])[0]
+        body_needed = h.command == "POST" and upload_id is not None  # CompleteMultipartUpload
+        body = h.rfile.read(length) if body_needed else None
+        if body_needed:
+            refusal = self._check_completion(upload_id, body)
+            if refusal:
+                self._reply(
+                    h, 400, f"<Error><Code>InvalidPart</Code><Message>{refusal}</Message></Error>".encode()
+                )
+                return
+        if h.command == "PUT" and upload_id is not None and "partNumber" in query:
+            copy_range = h.headers.get("x-amz-copy-source-range")
+            if copy_range:
+                start, end = re.match(r"bytes=(\d+)-(\d+)", copy_range).groups()
+                size = int(end) - int(start) + 1
+            else:
+                size = length
+            with self._lock:
+                self.parts[(upload_id, int(query["partNumber"][0]))] = size
+        conn = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=300)
+        headers = {k: v for k, v in h.headers.items() if k.lower() not in HOP_BY_HOP}
+        conn.putrequest(h.command, h.path, skip_host=True, skip_accept_encoding=True)
+        for k, v in headers.items():
+            conn.putheader(k, v)
+        conn.endheaders()
+        if body is not None:
+            conn.send(body)
+        else:
+            remaining = length
+            while remaining > 0:
+                chunk = h.rfile.read(min(1 << 20, remaining))
+                if not chunk:
+                    break
+                conn.send(chunk)
+                remaining -= len(chunk)
+        resp = conn.getresponse()
+        h.send_response(resp.status)
+        upstream_length = resp.getheader("Content-Length")
+        for k, v in resp.getheaders():
+            if k.lower() not in HOP_BY_HOP:
+                h.send_header(k, v)
+        if upstream_length is None:
+            data = resp.read()
+            h.send_header("Content-Length", str(len(data)))
+            h.end_headers()
+            if h.command != "HEAD":
+                h.wfile.write(data)
+        else:
+            h.end_headers()
+            if h.command != "HEAD":
+                while chunk := resp.read(1 << 20):
+                    h.wfile.write(chunk)
+        conn.close()
+
+    def _check_completion(self, upload_id: str, body: bytes) -> str | None:
+        root = ET.fromstring(body)  # noqa: S314 - the body is our own client's, relayed in a test
+        numbers = [int(el.text) for el in root.iter() if el.tag.endswith("PartNumber")]
+        try:
+            with self._lock:
+                sizes = [self.parts[(upload_id, n)] for n in numbers]
+            check_part_sizes(sizes)
+        except (KeyError, R2RuleViolation) as exc:
+            self._record({"violation": f"{upload_id}: {exc!r}"})
+            return "All non-trailing parts must have the same length."
+        self._record({"sizes": sizes})
+        return None
+
+    @staticmethod
+    def _reply(h: BaseHTTPRequestHandler, status: int, body: bytes) -> None:
+        h.send_response(status)
+        h.send_header("Content-Type", "application/xml")
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body)
+
+
+if __name__ == "__main__":
+    port, upstream, report = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+    _ProxyServer(port, upstream, report).server.serve_forever()
