@@ -1,46 +1,133 @@
 """Access decisions: authenticate the request, then grant or refuse the actions it needs.
 
-Refusals are OCI errors: 401 UNAUTHORIZED with a challenge when the client should (re)try with
-credentials, 403 DENIED when a known identity lacks the right."""
+Credentials: `Basic` with a configured user's password, `Basic` with a JWT as the password (any
+username, as serverless-registry takes them), or `Bearer <jwt>` (from the token endpoint or
+minted elsewhere). Refusals are OCI errors: 401 UNAUTHORIZED with a challenge when the client
+should (re)try with credentials, 403 DENIED when a known identity lacks the right.
+
+With a signing key (the token flow) challenges are `Bearer realm=...,service=...,scope=...`, so
+docker, podman and skopeo fetch a token from /v2/token; otherwise they are `Basic`."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from auth.basic import BasicAuthenticator, parse_basic
+from auth.claims import challenge_scopes, identity_from_claims
 from auth.identity import ANONYMOUS_READER, Identity
+from auth.tokens import InvalidToken, TokenVerifier, looks_like_jwt
 from errors import Denied, Unauthorized
 from settings import Settings
 
+Needs = list[tuple[str | None, str]]
+
+
+class _Refused(Exception):
+    def __init__(self, message: str, bad_token: bool = False) -> None:
+        super().__init__(message)
+        self.bad_token = bad_token
+
 
 class AccessController:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, verifier: TokenVerifier | None = None) -> None:
         self._basic = BasicAuthenticator(settings.users)
         self._anonymous_pull = settings.anonymous_pull
-        self._challenge = f'Basic realm="{settings.realm}", charset="UTF-8"'
+        self._verifier = verifier
+        self._token_flow = settings.tokens.token_flow
+        self._service = settings.tokens.service
+        self._basic_challenge = f'Basic realm="{settings.realm}", charset="UTF-8"'
+        self._basic_realm = settings.realm
 
-    def authenticate(self, authorization: str | None) -> Identity:
+    @property
+    def token_flow(self) -> bool:
+        return self._token_flow
+
+    def authenticate(self, authorization: str | None, realm_url: str = "", needs: Needs = ()) -> Identity:
+        """The identity behind the request's credentials; anonymous ones only with anonymous
+        pull. In the token flow the version check (`needs` empty) always wants credentials or a
+        token, so clients learn where to get one (docker's ping decides that once)."""
         if not authorization:
-            if self._anonymous_pull:
+            if self._anonymous_pull and (needs or not self._token_flow):
                 return ANONYMOUS_READER
-            raise self._unauthorized("authentication required")
+            raise self._unauthorized("authentication required", realm_url, needs)
         try:
-            username, password = parse_basic(authorization)
-        except Unauthorized:
-            raise self._unauthorized("malformed credentials") from None
-        identity = self._basic.authenticate(username, password)
-        if identity is None:
-            raise self._unauthorized("invalid username or password")
-        return identity
+            return self._identify(authorization)
+        except _Refused as exc:
+            bearer = authorization.lstrip().lower().startswith("bearer")
+            raise self._unauthorized(str(exc), realm_url, needs, exc.bad_token, bearer) from None
 
-    def authorize(self, authorization: str | None, needs: list[tuple[str | None, str]]) -> Identity:
+    def authorize(self, authorization: str | None, needs: Needs, realm_url: str = "") -> Identity:
         """The identity, if it may do every (repository, action) in `needs`."""
-        identity = self.authenticate(authorization)
+        identity = self.authenticate(authorization, realm_url, needs)
         for repository, action in needs:
             if not identity.may(repository, action):
                 if identity.anonymous:
                     # Anonymous pull is on but this needs more: ask for credentials.
-                    raise self._unauthorized("authentication required")
-                raise Denied(detail={"repository": repository, "action": action})
+                    raise self._unauthorized("authentication required", realm_url, needs)
+                headers = {}
+                if self._token_flow and authorization and authorization.lstrip().lower().startswith("bearer"):
+                    # RFC 6750: a token that lacks the scope gets 403 with insufficient_scope.
+                    headers["WWW-Authenticate"] = self._bearer(realm_url, needs, "insufficient_scope")
+                raise Denied(detail={"repository": repository, "action": action}, headers=headers)
         return identity
 
-    def _unauthorized(self, message: str) -> Unauthorized:
-        return Unauthorized(message, headers={"WWW-Authenticate": self._challenge})
+    def authenticate_for_token(self, authorization: str | None) -> Identity:
+        """Who asks the token endpoint: a Basic user (password or JWT), a Bearer JWT, or without
+        credentials an anonymous client, which gets only what anonymous pull allows. Its
+        challenge is always Basic: a Bearer one would send the client back here."""
+        if not authorization:
+            if self._anonymous_pull:
+                return ANONYMOUS_READER
+            raise Unauthorized("authentication required", headers={"WWW-Authenticate": self._basic_challenge})
+        try:
+            return self._identify(authorization)
+        except _Refused as exc:
+            raise Unauthorized(str(exc), headers={"WWW-Authenticate": self._basic_challenge}) from None
+
+    # --------------------------------------------------------------------------- internals
+
+    def _identify(self, authorization: str) -> Identity:
+        scheme, _, credentials = authorization.strip().partition(" ")
+        if scheme.lower() == "bearer":
+            if self._verifier is None:
+                raise _Refused("bearer tokens are not accepted by this registry")
+            return self._from_token(credentials.strip(), None)
+        try:
+            username, password = parse_basic(authorization)
+        except Unauthorized:
+            raise _Refused("malformed credentials") from None
+        identity = self._basic.authenticate(username, password)
+        if identity is not None:
+            return identity
+        if self._verifier is not None and looks_like_jwt(password):
+            return self._from_token(password, username)
+        raise _Refused("invalid username or password")
+
+    def _from_token(self, token: str, username: str | None) -> Identity:
+        assert self._verifier is not None
+        try:
+            return identity_from_claims(self._verifier.verify(token), username)
+        except InvalidToken as exc:
+            raise _Refused(str(exc), bad_token=True) from None
+
+    def _unauthorized(
+        self, message: str, realm_url: str, needs: Iterable, bad_token: bool = False, bearer: bool = False
+    ) -> Unauthorized:
+        error = "invalid_token" if bad_token else None
+        if self._token_flow:
+            challenge = self._bearer(realm_url, needs, error)
+        elif bearer:
+            # A client that spoke Bearer without a token flow: say its token is bad.
+            challenge = f'Bearer realm="{self._basic_realm}",error="invalid_token"'
+        else:
+            challenge = self._basic_challenge
+        return Unauthorized(message, headers={"WWW-Authenticate": challenge})
+
+    def _bearer(self, realm_url: str, needs: Iterable, error: str | None = None) -> str:
+        parts = [f'realm="{realm_url}"', f'service="{self._service}"']
+        scopes = challenge_scopes(needs)
+        if scopes:
+            parts.append(f'scope="{" ".join(str(s) for s in scopes)}"')
+        if error:
+            parts.append(f'error="{error}"')
+        return "Bearer " + ",".join(parts)

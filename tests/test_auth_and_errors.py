@@ -147,7 +147,10 @@ def test_api_version_header_on_success(api):
         ({"REGISTRY_STORAGE": "ftp"}, "REGISTRY_STORAGE"),
         ({"REGISTRY_STORAGE": "s3"}, "REGISTRY_S3_BUCKET"),
         ({"REGISTRY_STORAGE": "s3", "REGISTRY_S3_BUCKET": "b", "REGISTRY_S3_PART_SIZE": "1000"}, "at least"),
-        ({"REGISTRY_STORAGE": "s3", "REGISTRY_S3_BUCKET": "b", "REGISTRY_S3_ENDPOINT_URL": "ftp://x"}, "http"),
+        (
+            {"REGISTRY_STORAGE": "s3", "REGISTRY_S3_BUCKET": "b", "REGISTRY_S3_ENDPOINT_URL": "ftp://x"},
+            "http",
+        ),
         ({"USERNAME": "u"}, "PASSWORD"),
         ({"READONLY_PASSWORD": "p"}, "READONLY_USERNAME"),
         ({"USERNAME": "a:b", "PASSWORD": "p"}, "':'"),
