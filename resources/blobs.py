@@ -4,26 +4,41 @@ from __future__ import annotations
 
 import falcon
 
-from errors import Unsupported
+from errors import BlobUnknown, Unsupported
 from resources.http import byte_range
+from storage.blobs import BlobInfo
 from storage.digests import Digest, validate_name
 from storage.registry import Registry
+from upstream.pullthrough import PullThrough
 
 
 class Blob:
     scope = "repository"
 
-    def __init__(self, registry: Registry, delete_enabled: bool) -> None:
+    def __init__(
+        self, registry: Registry, delete_enabled: bool, pull_through: PullThrough | None = None
+    ) -> None:
         self._registry = registry
         self._delete_enabled = delete_enabled
+        self._pull_through = pull_through
 
     def on_head(self, req: falcon.Request, resp: falcon.Response, name: str, digest: str) -> None:
-        info = self._registry.blobs.stat(validate_name(name), Digest.parse(digest))
+        info = self._stat(validate_name(name), Digest.parse(digest), upstream_head=True)
         self._headers(resp, info.digest)
         resp.content_length = info.size
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, name: str, digest: str) -> None:
-        info = self._registry.blobs.stat(validate_name(name), Digest.parse(digest))
+        wanted = Digest.parse(digest)
+        info = self._stat(validate_name(name), wanted, upstream_head=False)
+        if info is None:
+            # Missing here: streamed from upstream while it is copied. A Range is ignored (the
+            # whole blob is sent with 200, as HTTP allows) so the copy is always complete.
+            pulled = self._pull_through.blob(name, wanted)
+            self._headers(resp, wanted)
+            resp.stream = pulled.stream
+            if pulled.size is not None:
+                resp.content_length = pulled.size
+            return
         self._headers(resp, info.digest)
         url = self._registry.blobs.redirect_url(info.digest)
         if url is not None:
@@ -48,6 +63,16 @@ class Blob:
         self._registry.blobs.unlink(validate_name(name), Digest.parse(digest))
         resp.status = falcon.HTTP_202
         resp.content_length = 0
+
+    def _stat(self, name: str, digest: Digest, upstream_head: bool) -> BlobInfo | None:
+        """The local blob; on a miss with upstreams configured, the upstream's answer (HEAD) or
+        None (GET: the caller pulls it through)."""
+        try:
+            return self._registry.blobs.stat(name, digest)
+        except BlobUnknown:
+            if self._pull_through is None:
+                raise
+            return self._pull_through.blob_info(name, digest) if upstream_head else None
 
     @staticmethod
     def _headers(resp: falcon.Response, digest: Digest) -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import falcon
 
-from errors import Unsupported
+from errors import ManifestUnknown, Unsupported
 from resources.http import read_small_body
 from storage.digests import validate_name
 from storage.manifests import ManifestInfo
 from storage.registry import Registry
+from upstream.pullthrough import PullThrough
 
 
 def _headers(resp: falcon.Response, info: ManifestInfo) -> None:
@@ -20,20 +21,36 @@ def _headers(resp: falcon.Response, info: ManifestInfo) -> None:
 class Manifest:
     scope = "repository"
 
-    def __init__(self, registry: Registry, max_bytes: int, delete_enabled: bool) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        max_bytes: int,
+        delete_enabled: bool,
+        pull_through: PullThrough | None = None,
+    ) -> None:
         self._registry = registry
         self._max_bytes = max_bytes
         self._delete_enabled = delete_enabled
+        self._pull_through = pull_through
 
     def on_head(self, req: falcon.Request, resp: falcon.Response, name: str, reference: str) -> None:
-        info = self._registry.manifests.resolve(validate_name(name), reference)
+        info, _ = self._resolve(validate_name(name), reference)
         _headers(resp, info)
         resp.content_length = info.size
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, name: str, reference: str) -> None:
-        info = self._registry.manifests.resolve(validate_name(name), reference)
+        info, body = self._resolve(validate_name(name), reference)
         _headers(resp, info)
-        resp.data = self._registry.manifests.read(info)
+        resp.data = body if body is not None else self._registry.manifests.read(info)
+
+    def _resolve(self, name: str, reference: str) -> tuple[ManifestInfo, bytes | None]:
+        try:
+            return self._registry.manifests.resolve(name, reference), None
+        except ManifestUnknown:
+            if self._pull_through is None:
+                raise
+            # Missing here: fetched upstream and stored (HEAD too, so the GET after is local).
+            return self._pull_through.manifest(name, reference)
 
     def on_put(self, req: falcon.Request, resp: falcon.Response, name: str, reference: str) -> None:
         validate_name(name)

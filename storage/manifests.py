@@ -65,8 +65,17 @@ class ManifestStore:
     # -- writing -----------------------------------------------------------------------------
 
     def put(
-        self, name: str, reference: str, body: bytes, content_type: str | None, extra_tags: list[str]
+        self,
+        name: str,
+        reference: str,
+        body: bytes,
+        content_type: str | None,
+        extra_tags: list[str],
+        *,
+        check_references: bool = True,
     ) -> PutResult:
+        """Store a manifest. `check_references=False` is for a copy pulled through from an
+        upstream registry: its blobs are fetched on demand later, so they need not be here yet."""
         if looks_like_digest(reference):
             digest = Digest.parse(reference)
             actual = Digest.of(body, digest.algorithm)
@@ -81,7 +90,8 @@ class ManifestStore:
             tags = [validate_tag(reference)] + [validate_tag(t) for t in extra_tags if t != reference]
 
         manifest = parse_manifest(body, content_type)
-        self._check_references(name, manifest)
+        if check_references:
+            self._check_references(name, manifest)
 
         blob_key = paths.blob_data(digest)
         if not self._driver.exists(blob_key):

@@ -1,0 +1,242 @@
+"""Small upstream registries on 127.0.0.1 for the pull-through tests, each a real HTTP server in
+a thread of the test process (so tests can count and inspect what reached it):
+
+- `StaticRegistry` serves manifests and blobs from dicts, optionally behind Basic auth, and can
+  corrupt blobs or redirect blob GETs to another origin;
+- `TokenGate` puts Docker's Bearer token flow in front of any registry: its `/v2/` and content
+  routes answer 401 with a Bearer challenge, its `/token` realm issues tokens (OAuth2 POST form
+  and GET with Basic), and it forwards authorised reads to the registry behind it. Blob GETs are
+  redirected to a second port ("storage"), which must never see an Authorization header.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import requests
+
+Handler = Callable[[str, str, dict, dict[str, str], bytes], tuple[int, dict[str, str], bytes]]
+_CONTENT = re.compile(r"^/v2/(.+)/(manifests|blobs)/([^/]+)$")
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class HttpServer:
+    """A threaded HTTP/1.1 server on 127.0.0.1 calling `handler(method, path, query, headers,
+    body)`; every request is recorded in `requests` as (method, path, headers)."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        outer = self
+
+        class _H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _serve(self) -> None:
+                parts = urlsplit(self.path)
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                outer.requests.append((self.command, parts.path, headers))
+                status, out_headers, out = outer.handler(
+                    self.command, parts.path, parse_qs(parts.query), headers, body
+                )
+                self.send_response(status)
+                out_headers = dict(out_headers)
+                out_headers.setdefault("Content-Length", str(len(out)))
+                for k, v in out_headers.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(out)
+
+            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _H)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _basic_ok(headers: dict[str, str], users: dict[str, str]) -> str | None:
+    auth = headers.get("authorization", "")
+    if not auth.startswith("Basic "):
+        return None
+    try:
+        user, _, password = base64.b64decode(auth[6:]).decode().partition(":")
+    except ValueError:
+        return None
+    return user if users.get(user) == password else None
+
+
+def _json(status: int, doc: dict, extra: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    return status, {"Content-Type": "application/json", **(extra or {})}, json.dumps(doc).encode()
+
+
+class StaticRegistry(HttpServer):
+    def __init__(self, users: dict[str, str] | None = None) -> None:
+        self.users = users
+        self.blobs: dict[str, bytes] = {}
+        self.manifests: dict[tuple[str, str], tuple[bytes, str]] = {}
+        self.repos: dict[str, set[str]] = {}  # blobs each repository holds
+        self.corrupt: set[str] = set()
+        self.redirect_blobs_to: str | None = None  # base URL of another origin
+        self.fail_with: int | None = None  # answer every content request with this status
+        super().__init__(self._handle)
+
+    def add_blob(self, name: str, data: bytes) -> str:
+        digest = sha256(data)
+        self.blobs[digest] = data
+        self.repos.setdefault(name, set()).add(digest)
+        return digest
+
+    def add_manifest(self, name: str, tag: str | None, body: bytes, media_type: str) -> str:
+        digest = sha256(body)
+        self.manifests[(name, digest)] = (body, media_type)
+        if tag:
+            self.manifests[(name, tag)] = (body, media_type)
+        return digest
+
+    def _handle(self, method, path, query, headers, body):
+        if self.users is not None and path.startswith("/v2") and _basic_ok(headers, self.users) is None:
+            return _json(
+                401, {"errors": [{"code": "UNAUTHORIZED"}]}, {"WWW-Authenticate": 'Basic realm="fake"'}
+            )
+        if path == "/v2/":
+            return _json(200, {})
+        if path.startswith("/storage/"):
+            return self._blob(path.rsplit("/", 1)[1], direct=True)
+        match = _CONTENT.match(path)
+        if not match or method not in ("GET", "HEAD"):
+            return _json(405 if match else 404, {"errors": [{"code": "UNSUPPORTED"}]})
+        if self.fail_with:
+            return _json(self.fail_with, {"errors": [{"code": "UNAVAILABLE"}]})
+        name, kind, ref = match.groups()
+        if kind == "manifests":
+            found = self.manifests.get((name, ref))
+            if found is None:
+                return _json(404, {"errors": [{"code": "MANIFEST_UNKNOWN"}]})
+            data, media_type = found
+            return 200, {"Content-Type": media_type, "Docker-Content-Digest": sha256(data)}, data
+        if ref not in self.repos.get(name, ()):
+            return _json(404, {"errors": [{"code": "BLOB_UNKNOWN"}]})
+        if method == "GET" and self.redirect_blobs_to:
+            return 307, {"Location": f"{self.redirect_blobs_to}/storage/{ref}"}, b""
+        return self._blob(ref, direct=False)
+
+    def _blob(self, digest: str, direct: bool):
+        data = self.blobs[digest]
+        if digest in self.corrupt:
+            data = bytes([data[0] ^ 0xFF]) + data[1:]  # same length, wrong bytes
+        return 200, {"Content-Type": "application/octet-stream", "Docker-Content-Digest": digest}, data
+
+
+class TokenGate(HttpServer):
+    """Docker's token flow in front of `backend_url` (reached with `backend_auth`, if any)."""
+
+    def __init__(
+        self,
+        backend_url: str,
+        users: dict[str, str],
+        backend_auth: tuple[str, str] | None = None,
+        post_supported: bool = True,
+        expires_in: int = 300,
+        redirect_blobs: bool = True,
+    ) -> None:
+        self.backend_url = backend_url
+        self.backend_auth = backend_auth
+        self.users = users
+        self.post_supported = post_supported
+        self.expires_in = expires_in
+        self.tokens: dict[str, tuple[set[str], float]] = {}
+        self.token_requests: list[tuple[str, str]] = []  # (method, scope)
+        self.lock = threading.Lock()
+        self.storage = HttpServer(self._storage)  # another origin: a different port
+        self.redirect_blobs = redirect_blobs
+        super().__init__(self._handle)
+
+    def stop(self) -> None:
+        self.storage.stop()
+        super().stop()
+
+    def _challenge(self, scope: str | None):
+        value = f'Bearer realm="{self.url}/token",service="token-gate"'
+        if scope:
+            value += f',scope="{scope}"'
+        return _json(401, {"errors": [{"code": "UNAUTHORIZED"}]}, {"WWW-Authenticate": value})
+
+    def _handle(self, method, path, query, headers, body):
+        if path == "/token":
+            return self._token(method, query, headers, body)
+        auth = headers.get("authorization", "")
+        grant = self.tokens.get(auth[7:]) if auth.startswith("Bearer ") else None
+        if grant is not None and grant[1] < time.monotonic():
+            grant = None
+        if path in ("/v2", "/v2/"):
+            return _json(200, {}) if grant else self._challenge(None)
+        match = _CONTENT.match(path)
+        if not match:
+            return _json(404, {"errors": [{"code": "UNSUPPORTED"}]})
+        scope = f"repository:{match.group(1)}:pull"
+        if grant is None or scope not in grant[0]:
+            return self._challenge(scope)
+        if match.group(2) == "blobs" and method == "GET" and self.redirect_blobs:
+            signature = secrets.token_hex(8)
+            return 307, {"Location": f"{self.storage.url}/direct{path}?sig={signature}"}, b""
+        return self._forward(method, path, headers)
+
+    def _forward(self, method, path, headers):
+        accept = {"Accept": headers["accept"]} if "accept" in headers else {}
+        r = requests.request(
+            method, self.backend_url + path, headers=accept, auth=self.backend_auth, timeout=30
+        )
+        keep = ("Content-Type", "Docker-Content-Digest", "Content-Length")
+        return r.status_code, {k: r.headers[k] for k in keep if k in r.headers}, r.content
+
+    def _storage(self, method, path, query, headers, body):
+        if "authorization" in headers:
+            return _json(400, {"error": "presigned URLs take no Authorization header"})
+        return self._forward(method, path.removeprefix("/direct"), {})
+
+    def _token(self, method, query, headers, body):
+        if method == "POST":
+            if not self.post_supported:
+                return _json(404, {"error": "not found"})
+            form = {k: v[0] for k, v in parse_qs(body.decode()).items()}
+            user = form.get("username")
+            if form.get("grant_type") != "password" or self.users.get(user or "") != form.get("password"):
+                return _json(401, {"error": "invalid_grant"})
+            scopes = form.get("scope", "")
+        else:
+            if _basic_ok(headers, self.users) is None:
+                return _json(401, {"error": "unauthorized"})
+            scopes = " ".join(query.get("scope", []))
+        with self.lock:
+            self.token_requests.append((method, scopes))
+        token = secrets.token_urlsafe(16)
+        self.tokens[token] = (set(scopes.split()), time.monotonic() + self.expires_in)
+        doc = {"token": token, "access_token": token, "expires_in": self.expires_in}
+        return _json(200, doc)
