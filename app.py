@@ -8,31 +8,36 @@ import logging
 import falcon
 
 import resources.errors
-from auth.access import AccessController
-from auth.middleware import AuthMiddleware
-from resources import ApiVersionHeader, add_routes
+from auth.setup import build_auth
+from resources import ApiVersionHeader, add_routes, add_token_route
 from resources.base import UnknownRoute
 from resources.router import RegexRouter
 from settings import Settings
 from storage import driver_from_settings
+from storage.driver import StorageDriver
 from storage.registry import Registry
+from upstream.pullthrough import PullThrough
 
 log = logging.getLogger("berth")
 
 
-def create_app(settings: Settings) -> falcon.App:
-    driver = driver_from_settings(settings)
+def create_app(settings: Settings, driver: StorageDriver | None = None) -> falcon.App:
+    """The app over the storage `settings` name (or `driver`, a seam for tests)."""
+    driver = driver or driver_from_settings(settings)
     driver.check()
     registry = Registry(driver)
+    auth_middleware, token_server = build_auth(settings)
     app = falcon.App(
         router=RegexRouter(fallback=UnknownRoute()),
-        middleware=[ApiVersionHeader(), AuthMiddleware(AccessController(settings))],
+        middleware=[ApiVersionHeader(), auth_middleware],
     )
     # Query strings are read as sent: a comma in a value is not a list separator.
     app.req_options.auto_parse_qs_csv = False
     app.req_options.strip_url_path_trailing_slash = False
     resources.errors.register(app)
-    add_routes(app, registry, settings)
+    add_routes(app, registry, settings, PullThrough.from_settings(registry, settings))
+    if token_server is not None:
+        add_token_route(app, token_server)
     if not settings.auth_configured:
         log.warning(
             "no credentials configured: every request will be refused with 401. Set USERNAME "

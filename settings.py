@@ -3,10 +3,16 @@ clear startup error, never a surprise at the first request."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from upstream.config import UpstreamConfigError, UpstreamSettings
 
 
 class SettingsError(ValueError):
@@ -49,6 +55,135 @@ class User:
     can_push: bool
 
 
+# ------------------------------------------------------------------------------------------------
+# Auth: JWT verification and the token flow. Only the shape of each key is checked here, so this
+# module stays standard-library only (the gunicorn master validates settings before gevent
+# patches anything); auth/tokens.py loads the keys and fails the start if one is not usable.
+
+# Each key signs and verifies with one algorithm fixed by its type, never taken from a token's
+# header: so neither `alg: none` nor an HMAC keyed with the public key can pass.
+_EC_ALGORITHMS = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
+_RSA_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
+_OKP_ALGORITHMS = ("EdDSA", "Ed25519")  # RFC 8037's name and RFC 9864's for the same signature
+_KEY_MEMBERS = {"EC": ("crv", "x", "y"), "RSA": ("n", "e"), "OKP": ("crv", "x")}
+_B64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+@dataclass(frozen=True)
+class TokenSettings:
+    """Everything off by default: Basic auth only."""
+
+    # JWT_REGISTRY_TOKENS_PUBLIC_KEY: verifies JWTs minted elsewhere (serverless-registry style).
+    public_key: dict[str, Any] | None = None
+    # REGISTRY_TOKEN_PRIVATE_KEY: turns on Docker's token flow (Bearer challenges, /v2/token).
+    signing_key: dict[str, Any] | None = field(default=None, repr=False)
+    audience: str | None = None  # REGISTRY_AUTH_AUDIENCE: `aud` a token must carry
+    issuer: str | None = None  # REGISTRY_AUTH_ISSUER: `iss` a token must carry
+    service: str = "berth"  # REGISTRY_TOKEN_SERVICE: `service` in challenges
+    lifetime: int = 300  # REGISTRY_TOKEN_LIFETIME: seconds an issued token is valid
+    realm_url: str | None = None  # REGISTRY_TOKEN_REALM: else derived from each request
+
+    @property
+    def token_flow(self) -> bool:
+        return self.signing_key is not None
+
+    @property
+    def verifies_jwts(self) -> bool:
+        return self.public_key is not None or self.signing_key is not None
+
+
+def jwk_algorithm(jwk: Mapping[str, Any]) -> str:
+    """The one JWS algorithm a (shape-checked) key is used with."""
+    kty, alg = jwk.get("kty"), jwk.get("alg")
+    if kty == "EC":
+        expected = _EC_ALGORITHMS[jwk["crv"]]
+        if alg not in (None, expected):
+            raise SettingsError(f"an EC {jwk['crv']} key signs with {expected}, not {alg!r}")
+        return expected
+    if kty == "OKP":
+        if alg not in (None, *_OKP_ALGORITHMS):
+            raise SettingsError(f"an Ed25519 key signs with EdDSA, not {alg!r}")
+        return "EdDSA"
+    if alg not in (None, *_RSA_ALGORITHMS):
+        raise SettingsError(f"an RSA key signs with one of {', '.join(_RSA_ALGORITHMS)}, not {alg!r}")
+    return alg or "RS256"
+
+
+def _jwk(env: Mapping[str, str], name: str, private: bool) -> dict[str, Any] | None:
+    """A JSON Web Key given as base64 of its JSON (as serverless-registry takes it) or as JSON.
+    Messages never quote the value: it may be a private key."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    text = raw
+    if not raw.startswith("{"):
+        try:
+            padded = raw.replace("-", "+").replace("_", "/") + "=" * (-len(raw) % 4)
+            text = base64.b64decode(padded, validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            raise SettingsError(f"{name} must be a base64-encoded JSON Web Key (it is not base64)") from None
+    try:
+        jwk = json.loads(text)
+    except ValueError:
+        raise SettingsError(f"{name} must be a base64-encoded JSON Web Key (it is not JSON)") from None
+    if not isinstance(jwk, dict):
+        raise SettingsError(f"{name} must be a JSON Web Key (a JSON object)")
+    kty = jwk.get("kty")
+    if kty == "oct":
+        raise SettingsError(f"{name} is a symmetric (oct) key: use an EC P-256, RSA or Ed25519 key pair")
+    if kty not in _KEY_MEMBERS:
+        raise SettingsError(f"{name} has key type {kty!r}: use EC (P-256/384/521), RSA or OKP (Ed25519)")
+    for member in (*_KEY_MEMBERS[kty], *(("d",) if private else ())):
+        value = jwk.get(member)
+        if not isinstance(value, str) or not value:
+            raise SettingsError(f"{name}: the {kty} key has no {member!r} member")
+        if member != "crv" and not set(value) <= _B64URL:
+            raise SettingsError(f"{name}: the {member!r} member is not base64url")
+    if kty == "EC" and jwk["crv"] not in _EC_ALGORITHMS:
+        raise SettingsError(f"{name}: EC curve {jwk['crv']!r} is not one of P-256, P-384, P-521")
+    if kty == "OKP" and jwk["crv"] != "Ed25519":
+        raise SettingsError(f"{name}: OKP curve {jwk['crv']!r} is not Ed25519")
+    if not private and "d" in jwk:
+        raise SettingsError(f"{name} holds a private key (it has 'd'): give the public key only")
+    if jwk.get("use") not in (None, "sig"):
+        raise SettingsError(f"{name} is not a signing key (use={jwk.get('use')!r})")
+    try:
+        jwk_algorithm(jwk)
+    except SettingsError as exc:
+        raise SettingsError(f"{name}: {exc}") from None
+    return jwk
+
+
+def _token_settings(env: Mapping[str, str]) -> TokenSettings:
+    signing_key = _jwk(env, "REGISTRY_TOKEN_PRIVATE_KEY", private=True)
+    if signing_key is None:
+        flow_vars = ("REGISTRY_TOKEN_SERVICE", "REGISTRY_TOKEN_REALM", "REGISTRY_TOKEN_LIFETIME")
+        flow_only = [n for n in flow_vars if env.get(n, "").strip()]
+        if flow_only:
+            raise SettingsError(f"{', '.join(flow_only)}: only used with REGISTRY_TOKEN_PRIVATE_KEY")
+    audience = env.get("REGISTRY_AUTH_AUDIENCE", "").strip() or None
+    service = env.get("REGISTRY_TOKEN_SERVICE", "").strip() or audience or "berth"
+    realm = env.get("REGISTRY_TOKEN_REALM", "").strip() or None
+    # Both go inside a quoted WWW-Authenticate parameter.
+    for var, value in (("REGISTRY_TOKEN_SERVICE", service), ("REGISTRY_TOKEN_REALM", realm or "")):
+        if any(c in value for c in '"\\') or not value.isprintable():
+            raise SettingsError(f"{var} must not contain quotes, backslashes or control characters")
+    if realm and not realm.startswith(("http://", "https://")):
+        raise SettingsError(f"REGISTRY_TOKEN_REALM must be an absolute http(s) URL, not {realm!r}")
+    lifetime = _int(env, "REGISTRY_TOKEN_LIFETIME", 300, 60)
+    if lifetime > 86400:
+        raise SettingsError("REGISTRY_TOKEN_LIFETIME must be at most 86400 (one day)")
+    return TokenSettings(
+        public_key=_jwk(env, "JWT_REGISTRY_TOKENS_PUBLIC_KEY", private=False),
+        signing_key=signing_key,
+        audience=audience,
+        issuer=env.get("REGISTRY_AUTH_ISSUER", "").strip() or None,
+        service=service,
+        lifetime=lifetime,
+        realm_url=realm,
+    )
+
+
 MiB = 1024 * 1024
 
 
@@ -79,10 +214,12 @@ class Settings:
     delete_enabled: bool = True
     manifest_max_bytes: int = 4 * 1024 * 1024
     realm: str = "Berth"
+    tokens: TokenSettings = field(default_factory=TokenSettings)
+    upstream: UpstreamSettings = field(default_factory=UpstreamSettings)  # REGISTRIES_JSON
 
     @property
     def auth_configured(self) -> bool:
-        return bool(self.users) or self.anonymous_pull
+        return bool(self.users) or self.anonymous_pull or self.tokens.public_key is not None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -114,6 +251,8 @@ class Settings:
             delete_enabled=_bool(env, "REGISTRY_DELETE_ENABLED", True),
             manifest_max_bytes=_int(env, "REGISTRY_MANIFEST_MAX_BYTES", 4 * 1024 * 1024, 4 * 1024 * 1024),
             realm=env.get("REGISTRY_AUTH_REALM", "Berth") or "Berth",
+            tokens=_token_settings(env),
+            upstream=_upstream_settings(env),
         )
 
 
@@ -139,3 +278,11 @@ def _s3_settings(env: Mapping[str, str]) -> S3Settings:
         redirect_downloads=_bool(env, "REGISTRY_S3_REDIRECT", False),
         max_pool_connections=_int(env, "REGISTRY_S3_MAX_CONNECTIONS", 64, 1),
     )
+
+
+def _upstream_settings(env: Mapping[str, str]) -> UpstreamSettings:
+    # Pull-through upstreams (REGISTRIES_JSON and their timeouts); see upstream/config.py.
+    try:
+        return UpstreamSettings.from_env(env)
+    except UpstreamConfigError as exc:
+        raise SettingsError(str(exc)) from None

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import falcon
 
+from auth.token_server import TokenServer
 from resources.base import ApiVersion
 from resources.blobs import Blob
 from resources.listing import Catalog, Referrers, Tags
 from resources.manifests import Manifest
+from resources.token import Token
 from resources.uploads import Upload, UploadStart
 from settings import Settings
 from storage.registry import Registry
+from upstream.pullthrough import PullThrough
 
 
-def add_routes(app: falcon.App, registry: Registry, settings: Settings) -> None:
+def add_routes(
+    app: falcon.App, registry: Registry, settings: Settings, pull_through: PullThrough | None = None
+) -> None:
     # Order matters: the first match wins, and `blobs/uploads` must not be read as a digest.
     app.add_route("/v2", ApiVersion())
     app.add_route("/v2/", ApiVersion())
@@ -21,13 +26,19 @@ def add_routes(app: falcon.App, registry: Registry, settings: Settings) -> None:
     app.add_route("/v2/{name}/tags/list", Tags(registry))
     app.add_route(
         "/v2/{name}/manifests/{reference}",
-        Manifest(registry, settings.manifest_max_bytes, settings.delete_enabled),
+        Manifest(registry, settings.manifest_max_bytes, settings.delete_enabled, pull_through),
     )
     app.add_route("/v2/{name}/blobs/uploads/", UploadStart(registry))
     app.add_route("/v2/{name}/blobs/uploads", UploadStart(registry))
     app.add_route("/v2/{name}/blobs/uploads/{upload_id}", Upload(registry))
-    app.add_route("/v2/{name}/blobs/{digest}", Blob(registry, settings.delete_enabled))
+    app.add_route("/v2/{name}/blobs/{digest}", Blob(registry, settings.delete_enabled, pull_through))
     app.add_route("/v2/{name}/referrers/{digest}", Referrers(registry))
+
+
+def add_token_route(app: falcon.App, token_server: TokenServer) -> None:
+    """The token flow's endpoint (only with a signing key). No repository route matches
+    `/v2/token` exactly, so where it sits in the table does not matter."""
+    app.add_route("/v2/token", Token(token_server))
 
 
 class ApiVersionHeader:
