@@ -40,6 +40,8 @@ class AuthMiddleware:
         scope = getattr(resource, "scope", None)
         action = METHOD_ACTIONS.get(req.method, PUSH)
         realm = token_realm(req, self._realm_url) if self._access.token_flow else ""
+        if scope == "public":
+            return  # health endpoints: nothing to protect, and probes carry no credentials
         if scope == "token":
             # The token endpoint authenticates its own way (Basic, or anonymous).
             req.context.identity = self._access.authenticate_for_token(authorization)

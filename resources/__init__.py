@@ -7,6 +7,7 @@ import falcon
 from auth.token_server import TokenServer
 from resources.base import ApiVersion
 from resources.blobs import Blob
+from resources.health import Liveness, Readiness
 from resources.listing import Catalog, Referrers, Tags
 from resources.manifests import Manifest
 from resources.token import Token
@@ -20,6 +21,8 @@ def add_routes(
     app: falcon.App, registry: Registry, settings: Settings, pull_through: PullThrough | None = None
 ) -> None:
     # Order matters: the first match wins, and `blobs/uploads` must not be read as a digest.
+    app.add_route("/healthz", Liveness())
+    app.add_route("/readyz", Readiness(registry.driver))
     app.add_route("/v2", ApiVersion())
     app.add_route("/v2/", ApiVersion())
     app.add_route("/v2/_catalog", Catalog(registry))

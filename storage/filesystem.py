@@ -223,9 +223,9 @@ class FilesystemDriver(StorageDriver):
             os.close(fd)
 
     def check(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
         probe = self.root / f"{TMP_PREFIX}probe-{secrets.token_hex(4)}"
         try:
+            self.root.mkdir(parents=True, exist_ok=True)
             probe.write_bytes(b"ok")
             probe.unlink()
         except OSError as exc:

@@ -179,3 +179,21 @@ def test_settings_from_environment(tmp_path):
     assert s.anonymous_pull and not s.delete_enabled
     assert [(u.name, u.can_push) for u in s.users] == [("u", True)]
     assert "s3cr3t-value" not in repr(s)  # passwords never printed
+
+
+def test_health_endpoints_need_no_credentials(tmp_path):
+    api = build_api(tmp_path, users=())  # even a registry that refuses everything else
+    r = api.request("GET", "/healthz", auth=False)
+    assert r.status_code == 200 and r.json == {"status": "ok"}
+    r = api.request("GET", "/readyz", auth=False)
+    assert r.status_code == 200 and r.json["storage"] == "ok"
+    assert api.request("GET", "/v2/", auth=False).status_code == 401
+
+
+def test_readiness_reports_broken_storage(tmp_path):
+    api = build_api(tmp_path)
+    (tmp_path / "data").rename(tmp_path / "moved")
+    (tmp_path / "data").write_text("a file where the data directory was")
+    r = api.request("GET", "/readyz", auth=False)
+    assert r.status_code == 503
+    assert r.json["status"] == "unavailable"
