@@ -12,6 +12,20 @@ from storage.registry import Registry
 from upstream.pullthrough import PullThrough
 
 
+class ReaderChunks:
+    """An object reader as a WSGI iterable of 1 MiB pieces; the server closes it."""
+
+    def __init__(self, reader, chunk_size: int = 1024 * 1024) -> None:
+        self._reader = reader
+        self._chunk_size = chunk_size
+
+    def __iter__(self):
+        return iter(lambda: self._reader.read(self._chunk_size), b"")
+
+    def close(self) -> None:
+        self._reader.close()
+
+
 class Blob:
     scope = "repository"
 
@@ -53,8 +67,10 @@ class Blob:
             start, length = wanted
             resp.status = falcon.HTTP_206
             resp.set_header("Content-Range", f"bytes {start}-{start + length - 1}/{info.size}")
-        # A file with fileno() goes through wsgi.file_wrapper, so gunicorn can sendfile it.
-        resp.stream = self._registry.blobs.open(name, info.digest, start, length)
+        reader = self._registry.blobs.open(name, info.digest, start, length)
+        # A local file (fileno()) goes through wsgi.file_wrapper, so gunicorn can sendfile it;
+        # anything else is iterated in large pieces (the wrapper would read 8 KiB at a time).
+        resp.stream = reader if hasattr(reader, "fileno") else ReaderChunks(reader)
         resp.content_length = length
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, name: str, digest: str) -> None:
