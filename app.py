@@ -12,9 +12,9 @@ from auth.setup import build_auth
 from resources import ApiVersionHeader, add_routes, add_token_route
 from resources.base import UnknownRoute
 from resources.router import RegexRouter
-from settings import Settings
+from settings import Settings, SettingsError
 from storage import driver_from_settings
-from storage.driver import StorageDriver
+from storage.driver import StorageDriver, StorageError
 from storage.registry import Registry
 from upstream.pullthrough import PullThrough
 
@@ -53,6 +53,12 @@ def __getattr__(name: str) -> falcon.App:
     if name != "app":
         raise AttributeError(name)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    built = create_app(Settings.from_env())
+    try:
+        built = create_app(Settings.from_env())
+    except (SettingsError, StorageError) as exc:
+        # One clear line instead of a traceback; exit code 3 makes gunicorn stop rather than
+        # restart workers in a loop ("Worker failed to boot").
+        log.error("Berth cannot start: %s", exc)
+        raise SystemExit(3) from None
     globals()["app"] = built
     return built

@@ -178,3 +178,19 @@ def test_reload_lets_an_upload_in_flight_finish(berth):
         time.sleep(0.2)
     assert not berth.worker_pids() & old_workers
     assert len(berth.worker_pids()) == 2
+
+
+def test_unusable_bucket_stops_the_server_with_one_clear_message(tmp_path, s3_env):
+    env = {**os.environ, **s3_env(), "REGISTRY_S3_BUCKET": "no-such-bucket", "USERNAME": "u", "PASSWORD": "p"}
+    proc = subprocess.run(
+        [BerthServer.gunicorn_path(), "-c", "gunicorn.conf.py", "-b", "127.0.0.1:0", "-w", "1", "app:app"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "Berth cannot start: bucket 'no-such-bucket'" in proc.stderr
+    assert "does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr
