@@ -1,6 +1,6 @@
 """Scale-out: two Berth instances sharing nothing but one S3 bucket (moto's server behind an
-R2-strict proxy), nginx in front with round-robin and request buffering off. Any request of an
-upload may land on any instance."""
+R2-strict proxy), nginx in front (deploy/nginx.conf: TLS, round-robin, request buffering off).
+Any request of an upload may land on any instance."""
 
 from __future__ import annotations
 
@@ -33,9 +33,12 @@ def cluster(make_registry, registry_class, s3_env, tmp_path_factory, moto_s3):
         proxy.stop()
 
 
-def _curl(*args: str) -> str:
+def _curl(proxy: Nginx, *args: str) -> str:
     out = subprocess.run(
-        ["curl", "-sS", "--fail-with-body", *args], capture_output=True, timeout=120, check=True
+        ["curl", "-sS", "--fail-with-body", "--cacert", str(proxy.ca), *args],
+        capture_output=True,
+        timeout=120,
+        check=True,
     )
     return out.stdout.decode(errors="replace")
 
@@ -46,8 +49,9 @@ def test_curl_chunked_upload_alternates_instances(cluster, moto_s3, tmp_path):
     data = os.urandom(13 * MiB + 333)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     headers = _curl(
-        "-u", user, "-X", "POST", "-D", "-", "-o", "/dev/null", f"{proxy.url}/v2/scale/out/blobs/uploads/"
-    )
+        proxy, "-u", user, "-X", "POST", "-D", "-", "-o", "/dev/null",
+        f"{proxy.url}/v2/scale/out/blobs/uploads/",
+    )  # fmt: skip
     location = re.search(r"(?im)^location: (\S+)", headers).group(1)
     upload_id = location.rsplit("/", 1)[1]
     chunk_file = tmp_path / "chunk"
@@ -56,20 +60,20 @@ def test_curl_chunked_upload_alternates_instances(cluster, moto_s3, tmp_path):
         chunk = data[offset : offset + step]
         chunk_file.write_bytes(chunk)
         _curl(
-            "-u", user, "-X", "PATCH", "--data-binary", f"@{chunk_file}",
+            proxy, "-u", user, "-X", "PATCH", "--data-binary", f"@{chunk_file}",
             "-H", "Content-Type: application/octet-stream",
             "-H", f"Content-Range: {offset}-{offset + len(chunk) - 1}",
             "-o", "/dev/null", f"{proxy.url}{location}",
         )  # fmt: skip
         offset += len(chunk)
-    _curl("-u", user, "-X", "PUT", "-o", "/dev/null", f"{proxy.url}{location}?digest={digest}")
+    _curl(proxy, "-u", user, "-X", "PUT", "-o", "/dev/null", f"{proxy.url}{location}?digest={digest}")
     served = [
         i.access_log_path.read_text().count(f"PATCH /v2/scale/out/blobs/uploads/{upload_id}")
         for i in instances
     ]
     assert all(served), f"PATCHes per instance: {served}"
     got = subprocess.run(
-        ["curl", "-sS", "-u", user, f"{proxy.url}/v2/scale/out/blobs/{digest}"],
+        ["curl", "-sS", "--cacert", str(proxy.ca), "-u", user, f"{proxy.url}/v2/scale/out/blobs/{digest}"],
         capture_output=True,
         timeout=120,
         check=True,
