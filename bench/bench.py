@@ -223,7 +223,13 @@ def start_distribution(work: Path, binary: str) -> Registry:
     return Registry("distribution", f"http://127.0.0.1:{port}", None, proc, proc.pid, log_path)
 
 
-def start_berth(work: Path, repo_root: Path, venv_bin: Path, workers: int | None) -> Registry:
+def start_berth(
+    work: Path,
+    repo_root: Path,
+    venv_bin: Path,
+    workers: int | None,
+    extra_env: dict[str, str] | None = None,
+) -> Registry:
     if not (repo_root / "app.py").exists():
         raise BenchError(f"{repo_root / 'app.py'} does not exist (Berth not landed yet?)")
     gunicorn = venv_bin / "gunicorn"
@@ -240,6 +246,7 @@ def start_berth(work: Path, repo_root: Path, venv_bin: Path, workers: int | None
         PASSWORD=password,
         REGISTRY_DATA_DIR=str(data),
     )
+    env.update(extra_env or {})  # e.g. REGISTRY_STORAGE=s3 and its settings (bench_s3.py)
     cmd = [str(gunicorn), "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{port}"]
     if workers:
         cmd += ["-w", str(workers)]
