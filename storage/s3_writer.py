@@ -12,12 +12,17 @@ final key differs, copies it server-side with UploadPartCopy in equal ranges (an
 5 GiB cannot be copied in one request). When the final key is known up front (the digest came
 with the first byte), the multipart upload targets it directly and nothing is copied. Either way
 the object is invisible until CompleteMultipartUpload, which only runs after the digest checked.
+
+Each part is uploaded in the background (a greenlet under gevent) while the request goes on
+reading the next one: at most one part in flight and one being filled, so pushes take about the
+longer of reading and uploading rather than their sum, and memory stays at about two parts.
 """
 
 from __future__ import annotations
 
 import math
 import secrets
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,7 +38,11 @@ class S3AppendWriter(AppendWriter):
         self._driver = driver
         self._key = key  # staging key, e.g. uploads/<id>/data
         self._part_size = driver.part_size
-        self._buffer = bytearray()
+        # Bytes received but not yet in a part, as the pieces they came in (memoryviews of the
+        # request's chunks): each byte is copied once, into its part.
+        self._pending: list[bytes | memoryview] = []
+        self._pending_len = 0
+        self._inflight: _PartUpload | None = None
         self._completed_at: str | None = None  # where the finished object sits, once completed
         if resume is None:
             self._mpu_key = target or key
@@ -52,9 +61,10 @@ class S3AppendWriter(AppendWriter):
             if resume.get("part_size") != self._part_size:
                 raise StorageError("REGISTRY_S3_PART_SIZE changed while this upload was open")
             if self._carry:
-                self._buffer = bytearray(driver.read_bytes(self._carry))
-                if len(self._buffer) != carry_len:
+                carried = driver.read_bytes(self._carry)
+                if len(carried) != carry_len:
                     raise StorageError("upload carry object has the wrong size")
+                self._pending, self._pending_len = [carried], len(carried)
             if resume.get("previous_carry"):
                 # The state we resume from was saved, so its predecessor's carry is garbage.
                 driver.delete(str(resume["previous_carry"]))
@@ -62,38 +72,67 @@ class S3AppendWriter(AppendWriter):
 
     @property
     def size(self) -> int:
-        return len(self._parts) * self._part_size + len(self._buffer)
+        parts = len(self._parts) + (1 if self._inflight is not None else 0)
+        return parts * self._part_size + self._pending_len
 
     def write(self, data: bytes) -> None:
-        self._buffer += data
-        while len(self._buffer) >= self._part_size:
-            part = bytes(self._buffer[: self._part_size])
-            del self._buffer[: self._part_size]
-            self._upload_part(part)
+        if not data:
+            return
+        self._pending.append(memoryview(data))
+        self._pending_len += len(data)
+        while self._pending_len >= self._part_size:
+            self._start_part(self._take(self._part_size))
 
-    def _upload_part(self, data: bytes) -> None:
+    def _take(self, n: int) -> bytes:
+        """The first `n` pending bytes as one object (the one copy)."""
+        pieces, size = [], 0
+        while size < n:
+            piece = self._pending.pop(0)
+            if size + len(piece) > n:
+                keep = n - size
+                self._pending.insert(0, memoryview(piece)[keep:])
+                piece = memoryview(piece)[:keep]
+            pieces.append(piece)
+            size += len(piece)
+        self._pending_len -= n
+        return b"".join(pieces)
+
+    def _remainder(self) -> bytes:
+        return b"".join(self._pending)
+
+    def _start_part(self, data: bytes) -> None:
+        self._finish_inflight()
         if len(self._parts) >= MAX_PARTS:
             raise StorageError(
                 f"blob larger than {MAX_PARTS} parts of {self._part_size} bytes: raise REGISTRY_S3_PART_SIZE"
             )
-        client, bucket = self._driver.client, self._driver.bucket
-        object_key = self._driver.object_key(self._mpu_key)
-        with s3_errors(self._mpu_key):
-            if self._mpu is None:
-                self._mpu = client.create_multipart_upload(Bucket=bucket, Key=object_key)["UploadId"]
-            etag = client.upload_part(
-                Bucket=bucket, Key=object_key, UploadId=self._mpu, PartNumber=len(self._parts) + 1, Body=data
-            )["ETag"]
-        self._parts.append(etag)
+        if self._mpu is None:
+            with s3_errors(self._mpu_key):
+                self._mpu = self._driver.client.create_multipart_upload(
+                    Bucket=self._driver.bucket, Key=self._driver.object_key(self._mpu_key)
+                )["UploadId"]
+        self._inflight = _PartUpload(self._driver, self._mpu_key, self._mpu, len(self._parts) + 1, data)
+
+    def _finish_inflight(self) -> None:
+        """Wait for the part in flight; its failure is the request's failure."""
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            self._parts.append(inflight.result())
+
+    def _drop_inflight(self) -> None:
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            inflight.join()
 
     def state(self) -> dict[str, Any]:
         # The remainder goes to a new carry object each time: the saved state keeps pointing
         # at the old one until the caller replaces it, so a crash in between is safe. The old
         # carry is deleted by the next writer resumed from the new state (`previous_carry`).
+        self._finish_inflight()
         carry = None
-        if self._buffer:
+        if self._pending_len:
             carry = f"{self._key}.carry-{len(self._parts)}-{secrets.token_hex(4)}"
-            self._driver.write_bytes(carry, bytes(self._buffer))
+            self._driver.write_bytes(carry, self._remainder())
         previous = self._saved_carry if self._saved_carry != carry else None
         self._carry = carry
         return {
@@ -102,15 +141,16 @@ class S3AppendWriter(AppendWriter):
             "mpu": self._mpu,
             "parts": list(self._parts),
             "carry": carry,
-            "carry_len": len(self._buffer),
+            "carry_len": self._pending_len,
             "part_size": self._part_size,
         }
 
     def read_back(self) -> Iterator[bytes]:
         # Parts of an unfinished multipart upload cannot be read: finish it at the staging key
         # first (never at a final key: that would publish unverified bytes).
+        self._finish_inflight()
         if self._mpu is None and self._completed_at is None:
-            yield bytes(self._buffer)
+            yield self._remainder()
             return
         if self._mpu_key != self._key:
             raise StorageError("cannot read back an upload aimed at its final key")
@@ -124,11 +164,12 @@ class S3AppendWriter(AppendWriter):
             reader.close()
 
     def commit(self, final_key: str) -> None:
+        self._finish_inflight()
         if self._completed_at is None:
             if self._mpu is None:
                 # Smaller than one part: a single small PUT.
-                self._driver.write_bytes(final_key, bytes(self._buffer))
-                self._buffer.clear()
+                self._driver.write_bytes(final_key, self._remainder())
+                self._pending, self._pending_len = [], 0
                 return
             self._complete()
         source = self._completed_at
@@ -137,9 +178,9 @@ class S3AppendWriter(AppendWriter):
             self._driver.delete(source)
 
     def _complete(self) -> None:
-        if self._buffer:
-            self._upload_part(bytes(self._buffer))  # the last part may be shorter
-            self._buffer.clear()
+        if self._pending_len:
+            self._start_part(self._take(self._pending_len))  # the last part may be shorter
+        self._finish_inflight()
         client, bucket = self._driver.client, self._driver.bucket
         with s3_errors(self._mpu_key):
             client.complete_multipart_upload(
@@ -185,11 +226,12 @@ class S3AppendWriter(AppendWriter):
     def abandon(self) -> None:
         # Parts past the saved state are overwritten by the next request; a multipart upload
         # or carry this writer created would be orphaned, so they go.
+        self._drop_inflight()
         if self._mpu is not None and self._mpu != self._saved_mpu:
             self._abort_mpu()
         if self._carry and self._carry != self._saved_carry:
             self._driver.delete(self._carry)
-        self._buffer.clear()
+        self._pending, self._pending_len = [], 0
 
     def _abort_mpu(self) -> None:
         try:
@@ -202,6 +244,7 @@ class S3AppendWriter(AppendWriter):
         self._mpu = None
 
     def abort(self) -> None:
+        self._drop_inflight()
         if self._mpu is not None:
             try:
                 with s3_errors(self._mpu_key):
@@ -218,4 +261,35 @@ class S3AppendWriter(AppendWriter):
             self._carry = None
         if self._completed_at == self._key:
             self._driver.delete(self._key)
-        self._buffer.clear()
+        self._pending, self._pending_len = [], 0
+
+
+class _PartUpload:
+    """One UploadPart running beside the request (a thread: a greenlet under gevent)."""
+
+    def __init__(self, driver: S3Driver, key: str, upload_id: str, number: int, data: bytes) -> None:
+        self._etag: str | None = None
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                with s3_errors(key):
+                    self._etag = driver.client.upload_part(
+                        Bucket=driver.bucket, Key=driver.object_key(key), UploadId=upload_id,
+                        PartNumber=number, Body=data,
+                    )["ETag"]  # fmt: skip
+            except BaseException as exc:  # handed to the request that waits for it
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name=f"s3-part-{number}", daemon=True)
+        self._thread.start()
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def result(self) -> str:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._etag is not None
+        return self._etag
