@@ -250,10 +250,17 @@ class Settings:
             anonymous_pull=_bool(env, "ANONYMOUS_PULL", False),
             delete_enabled=_bool(env, "REGISTRY_DELETE_ENABLED", True),
             manifest_max_bytes=_int(env, "REGISTRY_MANIFEST_MAX_BYTES", 4 * 1024 * 1024, 4 * 1024 * 1024),
-            realm=env.get("REGISTRY_AUTH_REALM", "Berth") or "Berth",
+            realm=_realm(env.get("REGISTRY_AUTH_REALM", "Berth") or "Berth"),
             tokens=_token_settings(env),
             upstream=_upstream_settings(env),
         )
+
+
+def _realm(value: str) -> str:
+    # It is quoted inside WWW-Authenticate: a quote or a control character would break it.
+    if any(c == '"' or c == "\\" or ord(c) < 32 or ord(c) == 127 for c in value):
+        raise SettingsError("REGISTRY_AUTH_REALM must not contain quotes, backslashes or control characters")
+    return value
 
 
 def _s3_settings(env: Mapping[str, str]) -> S3Settings:

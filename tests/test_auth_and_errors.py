@@ -145,6 +145,7 @@ def test_api_version_header_on_success(api):
     "env,message",
     [
         ({"REGISTRY_STORAGE": "ftp"}, "REGISTRY_STORAGE"),
+        ({"REGISTRY_AUTH_REALM": 'my "realm"'}, "REGISTRY_AUTH_REALM"),
         ({"REGISTRY_STORAGE": "s3"}, "REGISTRY_S3_BUCKET"),
         ({"REGISTRY_STORAGE": "s3", "REGISTRY_S3_BUCKET": "b", "REGISTRY_S3_PART_SIZE": "1000"}, "at least"),
         (
