@@ -22,6 +22,23 @@ from .process import REPO_ROOT, _Process, free_port, require_binary
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
 
 
+def _answering(process: _Process, url: str, timeout: float = 30):
+    """Wait until `url` answers any HTTP at all; the process, or an error with its log."""
+    import time
+
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        process._check_alive()
+        try:
+            requests.get(url, timeout=1)
+            return process
+        except requests.RequestException:
+            time.sleep(0.1)
+    raise RuntimeError(f"{process.name} did not start")
+
+
 class MotoServer(_Process):
     name = "moto"
 
@@ -36,19 +53,7 @@ class MotoServer(_Process):
     def start(self):
         binary = require_binary("moto_server", str(Path(sys.executable).parent / "moto_server"))
         self._spawn([binary, "-H", "127.0.0.1", "-p", str(self.port)])
-        import time
-
-        import requests
-
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            self._check_alive()
-            try:
-                requests.get(self.url, timeout=1)
-                return self
-            except requests.RequestException:
-                time.sleep(0.1)
-        raise RuntimeError("moto_server did not start")
+        return _answering(self, self.url)
 
 
 class R2StrictProxy(_Process):
@@ -68,10 +73,6 @@ class R2StrictProxy(_Process):
         return f"http://127.0.0.1:{self.port}"
 
     def start(self):
-        import time
-
-        import requests
-
         self._spawn(
             [
                 sys.executable,
@@ -83,15 +84,7 @@ class R2StrictProxy(_Process):
             ],
             cwd=REPO_ROOT,
         )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            self._check_alive()
-            try:
-                requests.get(self.url, timeout=1)
-                return self
-            except requests.RequestException:
-                time.sleep(0.1)
-        raise RuntimeError("the R2-strict proxy did not start")
+        return _answering(self, self.url)
 
     def _records(self) -> list[dict]:
         if not self.report.exists():
