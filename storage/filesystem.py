@@ -25,6 +25,19 @@ TMP_PREFIX = ".tmp-"
 READ_BLOCK = 1024 * 1024
 
 
+def in_directory(directory: Path, action) -> None:
+    """Run `action` (which creates something in `directory`) after making the directory. Another
+    process may prune it as empty in between (deletes remove empty directories), so retry."""
+    for attempt in range(3):
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            action()
+            return
+        except FileNotFoundError:
+            if attempt == 2 or directory.exists():
+                raise
+
+
 class RangeFile:
     """A byte range of an open file. `fileno()` lets gunicorn use sendfile: it starts at the
     file's current offset and sends at most the response's Content-Length. Under gevent,
@@ -106,8 +119,7 @@ class FilesystemAppendWriter(AppendWriter):
         self._fh.truncate(self._size)
         self._fh.close()
         target = self._driver.path(final_key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self._path, target)
+        in_directory(target.parent, lambda: os.replace(self._path, target))
 
     def abort(self) -> None:
         self._fh.close()
@@ -139,11 +151,14 @@ class FilesystemDriver(StorageDriver):
 
     def write_bytes(self, key: str, data: bytes) -> None:
         target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f"{TMP_PREFIX}{secrets.token_hex(8)}"
-        try:
+
+        def write() -> None:
             with open(tmp, "wb") as fh:
                 fh.write(data)
+
+        try:
+            in_directory(target.parent, write)
             os.replace(tmp, target)
         except BaseException:
             tmp.unlink(missing_ok=True)

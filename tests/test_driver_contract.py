@@ -188,3 +188,25 @@ def test_concurrent_replace_is_atomic(driver):
     stop.set()
     t.join()
     assert seen <= {old, new}
+
+
+def test_filesystem_write_survives_a_concurrent_prune(tmp_path, monkeypatch):
+    """Deletes remove directories left empty; a write landing in one just as another process
+    prunes it retries instead of failing."""
+    import builtins
+
+    from storage import filesystem
+
+    driver = FilesystemDriver(tmp_path)
+    real_open, pruned = builtins.open, []
+
+    def racing_open(path, *args, **kwargs):
+        if not pruned and filesystem.TMP_PREFIX in str(path):
+            pruned.append(path)
+            os.rmdir(os.path.dirname(path))  # the other process's prune wins the race once
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", racing_open)
+    driver.write_bytes("repo/_tags/v1", b"sha256:abc")
+    assert pruned
+    assert driver.read_bytes("repo/_tags/v1") == b"sha256:abc"
