@@ -4,6 +4,9 @@ cancels (DELETE)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import falcon
 
 from auth.identity import PULL
@@ -14,8 +17,22 @@ from storage.registry import Registry
 from storage.uploads import UploadState, upload_range
 
 
+def _upload_location(name: str, upload_id: str) -> str:
+    return f"/v2/{name}/blobs/uploads/{upload_id}"
+
+
+@contextmanager
+def _resume_hint(name: str, upload_id: str) -> Iterator[None]:
+    """A 416 carries the upload's Location: the client recovers by asking where to resume."""
+    try:
+        yield
+    except RangeInvalid as exc:
+        exc.headers.setdefault("Location", _upload_location(name, upload_id))
+        raise
+
+
 def _session_headers(resp: falcon.Response, name: str, state: UploadState) -> None:
-    resp.set_header("Location", f"/v2/{name}/blobs/uploads/{state.upload_id}")
+    resp.set_header("Location", _upload_location(name, state.upload_id))
     resp.set_header("Range", upload_range(state.size))
     resp.set_header("Docker-Upload-UUID", state.upload_id)
     resp.content_length = 0
@@ -83,14 +100,10 @@ class Upload:
 
     def on_patch(self, req: falcon.Request, resp: falcon.Response, name: str, upload_id: str) -> None:
         validate_name(name)
-        try:
+        with _resume_hint(name, upload_id):
             state = self._registry.uploads.append(
                 name, upload_id, _owner(req), body_chunks(req), content_range(req), req.content_length
             )
-        except RangeInvalid as exc:
-            # The client recovers from a 416 by asking where to resume.
-            exc.headers.setdefault("Location", f"/v2/{name}/blobs/uploads/{upload_id}")
-            raise
         resp.status = falcon.HTTP_202
         _session_headers(resp, name, state)
 
@@ -100,13 +113,10 @@ class Upload:
         if not raw_digest:
             raise DigestInvalid("the closing PUT needs ?digest=")
         digest = Digest.parse(raw_digest)
-        try:
+        with _resume_hint(name, upload_id):
             info = self._registry.uploads.finish(
                 name, upload_id, _owner(req), digest, body_chunks(req), content_range(req), req.content_length
             )
-        except RangeInvalid as exc:
-            exc.headers.setdefault("Location", f"/v2/{name}/blobs/uploads/{upload_id}")
-            raise
         _created(resp, name, info.digest)
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, name: str, upload_id: str) -> None:

@@ -51,12 +51,7 @@ class BlobStore:
 
     def mount(self, name: str, source: str, digest: Digest) -> bool:
         """Link a blob of `source` into `name` without copying; False if `source` lacks it."""
-        if not self._driver.exists(paths.layer_link(source, digest)):
-            return False
-        if not self.exists_anywhere(digest):
-            return False
-        self.link(name, digest)
-        return True
+        return self._driver.exists(paths.layer_link(source, digest)) and self.mount_any(name, digest)
 
     def mount_any(self, name: str, digest: Digest) -> bool:
         """Link a blob stored for any repository into `name`; False if it is not stored."""

@@ -7,6 +7,7 @@ import fcntl
 import os
 import secrets
 import shutil
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -169,7 +170,7 @@ class FilesystemDriver(StorageDriver):
             st = self.path(key).stat()
         except (FileNotFoundError, NotADirectoryError):
             raise ObjectNotFound(key) from None
-        if not os.path.isfile(self.path(key)):
+        if not stat.S_ISREG(st.st_mode):  # a prefix (directory) is not an object
             raise ObjectNotFound(key)
         return st.st_size
 
