@@ -6,20 +6,27 @@ import re
 from collections.abc import Iterator
 
 from errors import BlobUploadInvalid, RangeInvalid, SizeInvalid, Unsupported
+from serving.body import BodyError
 
 READ_CHUNK = 1024 * 1024  # bounds memory per request; gunicorn reads up to this per recv
 _CONTENT_RANGE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
-def body_chunks(req) -> Iterator[bytes]:
-    """The request body in chunks of at most READ_CHUNK bytes, never all at once.
+def body_chunks(req) -> Iterator[bytes | memoryview]:
+    """The request body in chunks of at most READ_CHUNK bytes, never all at once. A chunk may
+    be a view of a buffer that the next one overwrites: use it before asking for the next.
 
     With Content-Length the body must be exactly that long; without one (chunked transfer
     encoding, de-chunked by the server) it runs to its end. `req.stream` is used rather than
-    `bounded_stream`, which reads a chunked body as empty."""
+    `bounded_stream`, which reads a chunked body as empty. Under Berth's gunicorn worker the
+    stream has `views()`, which hands out the receive buffer itself (serving/body.py)."""
     length = req.content_length
     stream = req.stream
+    views = getattr(stream, "views", None)
+    if views is not None:
+        yield from _checked_views(views(READ_CHUNK), length)
+        return
     if length is None:
         while True:
             chunk = stream.read(READ_CHUNK)
@@ -35,6 +42,18 @@ def body_chunks(req) -> Iterator[bytes]:
         yield chunk
 
 
+def _checked_views(views: Iterator[memoryview], length: int | None) -> Iterator[memoryview]:
+    received = 0
+    try:
+        for view in views:
+            received += len(view)
+            yield view
+    except BodyError as exc:
+        raise BlobUploadInvalid(str(exc)) from None
+    if length is not None and received != length:
+        raise BlobUploadInvalid("request body ended before Content-Length bytes")
+
+
 def read_small_body(req, limit: int) -> bytes:
     """A body that must fit in memory (a manifest); 413 beyond `limit`."""
     if req.content_length is not None and req.content_length > limit:
@@ -44,7 +63,7 @@ def read_small_body(req, limit: int) -> bytes:
         total += len(chunk)
         if total > limit:
             raise SizeInvalid(f"body larger than {limit} bytes", status=413)
-        parts.append(chunk)
+        parts.append(bytes(chunk))  # the chunk may be a reused buffer
     return b"".join(parts)
 
 

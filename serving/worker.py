@@ -9,6 +9,8 @@ at once.
   of 8 KiB send() calls (about half of what the loopback carries). The worker gives gunicorn a
   socket whose sendfile is the zero-copy os.sendfile, waiting cooperatively when the socket
   buffer is full.
+- Request bodies (blob uploads) are read with `recv_into` into one buffer per request and
+  reach the app as memoryviews, with no copies on the way (serving/body.py).
 - On a graceful stop or reload, gunicorn waits for every connection's greenlet, including idle
   keep-alive connections waiting for a next request that may never come (up to the keep-alive
   timeout). Requests in flight, uploads included, must be allowed to finish; idle connections
@@ -28,6 +30,8 @@ from contextlib import contextmanager, suppress
 import gevent
 from gevent.socket import wait_write
 from gunicorn.workers.ggevent import GeventWorker
+
+from serving import body
 
 TLS_HANDSHAKE_RECORD = 0x16
 _TLS_REFUSAL = (
@@ -55,6 +59,10 @@ class RegistryGeventWorker(GeventWorker):
             super().handle(listener, _ZeroCopySocket(client), addr)
         finally:
             self._connections.pop(current, None)
+
+    def handle_request(self, listener_name, req, sock, addr):
+        body.install(req, sock)
+        return super().handle_request(listener_name, req, sock, addr)
 
     @contextmanager
     def timeout_ctx(self):

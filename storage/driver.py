@@ -50,7 +50,9 @@ class AppendWriter(ABC):
     def size(self) -> int: ...
 
     @abstractmethod
-    def write(self, data: bytes) -> None: ...
+    def write(self, data: bytes | memoryview) -> None:
+        """Append `data`. It may be a view of the request's receive buffer, overwritten once
+        this returns: a writer that keeps bytes for later must copy them."""
 
     @abstractmethod
     def state(self) -> dict[str, Any]:

@@ -48,7 +48,7 @@ def _bind(prefix: str) -> tuple[ctypes._CFuncPtr, ctypes._CFuncPtr, ctypes._CFun
     update = getattr(_lib, f"{prefix}_Update")
     final = getattr(_lib, f"{prefix}_Final")
     init.argtypes = [ctypes.c_void_p]
-    update.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+    update.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
     final.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
     for fn in (init, update, final):
         fn.restype = ctypes.c_int
@@ -83,8 +83,16 @@ class ResumableHash:
     def update(self, data: bytes | bytearray | memoryview) -> None:
         if not data:
             return
-        buf = data if isinstance(data, bytes) else bytes(data)
-        self._alg.update(self._ctx, buf, len(buf))
+        if isinstance(data, bytes):
+            self._alg.update(self._ctx, data, len(data))
+            return
+        view = memoryview(data).cast("B")
+        if view.readonly:  # ctypes takes a pointer into writable buffers only
+            copy = bytes(view)
+            self._alg.update(self._ctx, copy, len(copy))
+            return
+        # Hash the caller's buffer in place (an upload's receive buffer): no copy.
+        self._alg.update(self._ctx, (ctypes.c_char * len(view)).from_buffer(view), len(view))
 
     def hexdigest(self) -> str:
         # Finalise a copy so the running state stays usable.

@@ -38,8 +38,9 @@ class S3AppendWriter(AppendWriter):
         self._driver = driver
         self._key = key  # staging key, e.g. uploads/<id>/data
         self._part_size = driver.part_size
-        # Bytes received but not yet in a part, as the pieces they came in (memoryviews of the
-        # request's chunks): each byte is copied once, into its part.
+        # Bytes received but not yet in a part, as the pieces they came in (memoryviews of
+        # bytes objects): a piece is copied into its part, and once more on arrival if it came
+        # as a view of the receive buffer.
         self._pending: list[bytes | memoryview] = []
         self._pending_len = 0
         self._inflight: _PartUpload | None = None
@@ -75,9 +76,11 @@ class S3AppendWriter(AppendWriter):
         parts = len(self._parts) + (1 if self._inflight is not None else 0)
         return parts * self._part_size + self._pending_len
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         if not data:
             return
+        if not isinstance(data, bytes):
+            data = bytes(data)  # a view of the receive buffer, reused once this returns
         self._pending.append(memoryview(data))
         self._pending_len += len(data)
         while self._pending_len >= self._part_size:

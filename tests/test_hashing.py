@@ -49,3 +49,22 @@ def test_corrupt_states_are_refused(state):
 def test_unknown_algorithm():
     with pytest.raises(HashStateError):
         ResumableHash.restore("md5", "")
+
+
+@pytest.mark.parametrize("algorithm", ["sha256", "sha512"])
+def test_buffers_of_every_kind_hash_alike(algorithm):
+    data = random.Random(3).randbytes(100_000)
+    expected = hashlib.new(algorithm, data).hexdigest()
+    writable = bytearray(data)
+    kinds = [
+        data,
+        writable,
+        memoryview(writable)[:50_000],  # a view into a receive buffer: hashed in place
+        memoryview(data),  # read-only view
+    ]
+    for kind in kinds:
+        h = ResumableHash(algorithm)
+        h.update(kind)
+        if len(kind) < len(data):
+            h.update(memoryview(writable)[50_000:])
+        assert h.hexdigest() == expected

@@ -3,6 +3,7 @@ process level (TLS probes, memory bounded whatever the blob size, startup valida
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import socket
@@ -194,3 +195,74 @@ def test_unusable_bucket_stops_the_server_with_one_clear_message(tmp_path, s3_en
     assert "Berth cannot start: bucket 'no-such-bucket'" in proc.stderr
     assert "does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _raw_exchange(port: int, request: bytes) -> bytes:
+    """Send bytes on one connection and read until the server closes it (or 10 s of quiet)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        s.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    return reply
+
+
+def _basic(berth) -> bytes:
+    return b"Authorization: Basic " + base64.b64encode(f"{berth.rw.username}:{berth.rw.password}".encode())
+
+
+def test_chunked_body_is_parsed_in_place_and_a_pipelined_request_follows(berth):
+    """The worker reads bodies straight from the socket (serving/body.py): a chunked PATCH with
+    odd chunk sizes, an extension and a trailer stores the exact bytes, and a request pipelined
+    behind it on the same connection is answered."""
+    session = berth.session()
+    started = session.post(f"{berth.url}/v2/raw/body/blobs/uploads/", timeout=10)
+    location = started.headers["Location"]
+    path = location.split(berth.url, 1)[-1].encode()
+    payload = os.urandom(300_000)
+    chunks, pos = b"", 0
+    for size in (1, 7, 65536, 100_000, 3):
+        chunks += b"%x;note=x\r\n" % len(payload[pos : pos + size]) + payload[pos : pos + size] + b"\r\n"
+        pos += size
+    chunks += b"%x\r\n" % (len(payload) - pos) + payload[pos:] + b"\r\n0\r\nX-Trailer: 1\r\n\r\n"
+    request = (
+        b"PATCH " + path + b" HTTP/1.1\r\nHost: x\r\n" + _basic(berth) + b"\r\n"
+        b"Content-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks
+    )
+    request += b"GET /v2/ HTTP/1.1\r\nHost: x\r\n" + _basic(berth) + b"\r\nConnection: close\r\n\r\n"
+    reply = _raw_exchange(berth.port, request)
+    assert reply.startswith(b"HTTP/1.1 202"), reply[:300]
+    assert reply.count(b"HTTP/1.1 ") == 2
+    assert b"HTTP/1.1 200" in reply.split(b"\r\n\r\n", 1)[1]
+    at = reply.lower().index(b"\r\nlocation: ") + len(b"\r\nlocation: ")
+    upload = reply[at : reply.index(b"\r\n", at)].decode()
+    digest = "sha256:" + hashlib.sha256(payload).hexdigest()
+    put = session.put(upload if upload.startswith("http") else berth.url + upload, params={"digest": digest})
+    assert put.status_code == 201, put.text
+    got = session.get(f"{berth.url}/v2/raw/body/blobs/{digest}", timeout=10)
+    assert got.content == payload
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"zz\r\nabc\r\n0\r\n\r\n", b"3\r\nabcXY", b"1;\r\na\r\n0\r\n\r\n"],
+    ids=["bad-size", "no-crlf", "bad-extension"],
+)
+def test_malformed_chunked_body_gets_an_oci_error_and_the_upload_is_untouched(berth, body):
+    session = berth.session()
+    started = session.post(f"{berth.url}/v2/raw/bad/blobs/uploads/", timeout=10)
+    location = started.headers["Location"]
+    path = location.split(berth.url, 1)[-1].encode()
+    request = (
+        b"PATCH " + path + b" HTTP/1.1\r\nHost: x\r\n" + _basic(berth) + b"\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n" + body
+    )
+    reply = _raw_exchange(berth.port, request)
+    head, _, content = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), reply[:300]
+    assert b"Connection: close" in head
+    assert b'"code": "BLOB_UPLOAD_INVALID"' in content
+    status = session.get(berth.url + location.split(berth.url, 1)[-1], timeout=10)
+    assert status.status_code == 204
+    assert status.headers["Range"] == "0-0"

@@ -1,0 +1,251 @@
+"""Request bodies read straight from the socket into one reusable buffer.
+
+gunicorn's body readers hand the application `bytes`: every piece is received into a new
+object, then copied through one BytesIO in the chunked decoder and another in `Body.read`, and
+sliced again at each boundary. For a registry receiving multi-GiB layers that copying costs
+about as much CPU as hashing the data. Here the body is received with `recv_into` into one
+buffer per request, chunked framing is parsed in place, and the application can take the
+payload as memoryviews of that buffer (`SocketBody.views`): each byte is copied once, by the
+kernel. `read()` still works (gunicorn drains unread bodies with it, and it is `wsgi.input`).
+
+Framing rules follow gunicorn's ChunkedReader (RFC 9112 section 7.1): hex sizes, chunk
+extensions checked with gunicorn's own pattern, bounded size lines and trailer sections, CRLF
+after every chunk. Bytes read past the end of a chunked body (a pipelined next request) go
+back to gunicorn's unreader.
+
+This module is imported by the gunicorn master (through the worker class): standard library
+and gunicorn only.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from gunicorn.http.body import (
+    CHUNK_EXT_RE,
+    DEFAULT_MAX_CHUNK_SIZE_LINE,
+    DEFAULT_MAX_TRAILER_SECTION,
+    Body,
+    ChunkedReader,
+    LengthReader,
+)
+
+BUFFER_SIZE = 1024 * 1024  # per request with a body; bounds memory whatever the body's size
+_HEX = re.compile(rb"[0-9a-fA-F]+")
+_CRLF = b"\r\n"
+
+
+class BodyError(ValueError):
+    """The request body is malformed, ends early, or the connection failed while reading it."""
+
+
+class SocketBodyReader:
+    """The payload of one request body, parsed from the socket in place."""
+
+    def __init__(self, sock, unreader, length: int | None, line_limit: int, trailer_limit: int) -> None:
+        self._sock = sock
+        self._unreader = unreader
+        self._chunked = length is None
+        self._left = 0 if length is None else length  # in the body, or in the current chunk
+        self._done = length == 0
+        self._after_chunk = False  # a chunk's payload ended: its CRLF comes next
+        self._line_limit = line_limit
+        self._trailer_limit = trailer_limit
+        # What gunicorn read past the headers is the start of the body.
+        held = unreader.take_buffered()
+        if length is not None and len(held) > length:
+            unreader.unread(held[length:])  # a pipelined next request
+            held = held[:length]
+        size = BUFFER_SIZE if length is None else min(BUFFER_SIZE, length)
+        self._buf = bytearray(max(size, len(held)))
+        self._view = memoryview(self._buf)
+        self._start, self._end = 0, len(held)
+        self._view[: len(held)] = held
+
+    def next_span(self, limit: int) -> memoryview | None:
+        """The next at most `limit` payload bytes, as a view into the buffer that stays valid
+        only until the next call; None once the body has ended."""
+        if self._done:
+            return None
+        if self._chunked:
+            return self._chunked_span(limit)
+        if self._start == self._end:
+            self._start = self._end = 0
+            self._receive(min(len(self._buf), self._left))  # never past the body's end
+        n = min(self._left, self._end - self._start, limit)
+        span = self._view[self._start : self._start + n]
+        self._start += n
+        self._left -= n
+        self._done = self._left == 0
+        return span
+
+    def _chunked_span(self, limit: int) -> memoryview | None:
+        # Clients send chunks of 8-64 KiB. Handing each to the app separately would cost a
+        # hash call and a write() per chunk, so the payloads of every chunk in the buffer are
+        # moved together over the framing between them (a memmove) and handed out as one view.
+        out = produced = 0
+        while produced < limit and not self._done:
+            if produced == 0:
+                out = self._start  # nothing handed out yet: the output starts here
+            if self._left == 0:
+                if self._parse_chunk_header():
+                    continue
+                if produced:
+                    break  # hand out what is here before receiving more
+                self._receive_more()
+                continue
+            if self._start == self._end:
+                if produced:
+                    break
+                self._start = self._end = 0
+                self._receive(len(self._buf))
+                continue
+            n = min(self._left, self._end - self._start, limit - produced)
+            write_at = out + produced
+            if write_at != self._start:
+                self._view[write_at : write_at + n] = self._view[self._start : self._start + n]
+            self._start += n
+            self._left -= n
+            produced += n
+            self._after_chunk = self._left == 0
+        return self._view[out : out + produced] if produced else None
+
+    def read(self, size: int) -> bytes:
+        out = bytearray()
+        while len(out) < size:
+            span = self.next_span(size - len(out))
+            if span is None:
+                break
+            out += span
+        return bytes(out)
+
+    def _receive(self, n: int) -> None:
+        """Append up to `n` bytes from the socket after the buffered ones."""
+        try:
+            got = self._sock.recv_into(self._view[self._end : self._end + n])
+        except OSError as exc:
+            raise BodyError(f"connection failed while reading the request body: {exc}") from exc
+        if got == 0:
+            raise BodyError("request body ended early")
+        self._end += got
+
+    def _receive_more(self) -> None:
+        """Receive more of an incomplete chunk header, keeping its first bytes (moved to the
+        front of the buffer). The header parser bounds how long a header may grow."""
+        pending = self._end - self._start
+        if pending == len(self._buf):
+            raise BodyError("chunk framing larger than the receive buffer")
+        if self._start:
+            self._view[:pending] = self._view[self._start : self._end]
+            self._start, self._end = 0, pending
+        self._receive(len(self._buf) - self._end)
+
+    def _parse_chunk_header(self) -> bool:
+        """Parse the framing between two chunks' payloads if it is all in the buffer: the CRLF
+        ending the previous chunk, the size line and, after the last chunk, the trailer section.
+        Returns False, having consumed nothing, when more bytes are needed."""
+        buf, pos, end = self._buf, self._start, self._end
+        if self._after_chunk:
+            if end - pos < 2:
+                return False
+            if buf[pos : pos + 2] != _CRLF:
+                raise BodyError("chunk not followed by CRLF")
+            pos += 2
+        line_end = buf.find(_CRLF, pos, end)
+        if line_end < 0:
+            if end - pos > self._line_limit:
+                raise BodyError(f"chunk size line longer than {self._line_limit} bytes")
+            return False
+        size, semicolon, extension = bytes(buf[pos:line_end]).partition(b";")
+        if semicolon:
+            size = size.rstrip(b" \t")
+            if b"\r" in extension or not CHUNK_EXT_RE.fullmatch(b";" + extension):
+                raise BodyError("invalid chunk extension")
+        if not _HEX.fullmatch(size):
+            raise BodyError("invalid chunk size")
+        size_value = int(size, 16)
+        pos = line_end + 2
+        if size_value == 0:
+            body_end = self._trailers_end(pos)
+            if body_end < 0:
+                return False
+            if body_end < end:
+                self._unreader.unread(bytes(buf[body_end:end]))  # a pipelined next request
+            self._start = self._end = body_end
+            self._done = True
+        else:
+            self._start, self._left = pos, size_value
+        self._after_chunk = False
+        return True
+
+    def _trailers_end(self, pos: int) -> int:
+        """Where the trailer section starting at `pos` ends (Berth uses no trailers: they are
+        skipped), or -1 if it is not all in the buffer yet."""
+        end = self._end
+        if end - pos >= 2 and self._buf[pos : pos + 2] == _CRLF:
+            return pos + 2
+        found = self._buf.find(b"\r\n\r\n", pos, end)
+        if found >= 0:
+            return found + 4
+        if end - pos > self._trailer_limit:
+            raise BodyError(f"trailer section longer than {self._trailer_limit} bytes")
+        return -1
+
+
+class SocketBody(Body):
+    """`wsgi.input` for a request with a body: gunicorn's Body over a SocketBodyReader, plus
+    `views()` for callers that can take transient memoryviews."""
+
+    reader: SocketBodyReader
+
+    def __init__(self, reader: SocketBodyReader, request) -> None:
+        super().__init__(reader)
+        self._request = request
+
+    def _fail(self) -> None:
+        # Where the next request starts on the connection is unknown: answer this one with
+        # `Connection: close` and close.
+        self.failed = True
+        self._request.force_close()
+
+    def _read_reader(self, size):
+        try:
+            return self.reader.read(size)
+        except Exception:
+            self._fail()
+            raise
+
+    def views(self, limit: int) -> Iterator[memoryview]:
+        """The rest of the body as memoryviews of at most `limit` bytes. Each view is valid
+        only until the next one is requested: use it (hash it, write it) and let it go."""
+        held = self.buf.getvalue()  # anything an earlier read() kept back
+        if held:
+            self.buf.seek(0)
+            self.buf.truncate()
+            yield memoryview(held)
+        while True:
+            try:
+                span = self.reader.next_span(limit)
+            except Exception:
+                self._fail()
+                raise
+            if span is None:
+                return
+            yield span
+
+
+def install(req, sock) -> None:
+    """Swap gunicorn's reader for the request's body, if it has one, before the app sees it."""
+    body = getattr(req, "body", None)
+    reader = getattr(body, "reader", None)
+    if isinstance(reader, ChunkedReader):
+        length = None
+    elif isinstance(reader, LengthReader) and reader.length > 0:
+        length = reader.length
+    else:
+        return
+    line_limit = getattr(req, "limit_request_field_size", 0) or DEFAULT_MAX_CHUNK_SIZE_LINE
+    trailer_limit = getattr(req, "max_buffer_headers", 0) or DEFAULT_MAX_TRAILER_SECTION
+    reader = SocketBodyReader(sock, req.unreader, length, line_limit, trailer_limit)
+    req.body = SocketBody(reader, req)
