@@ -10,6 +10,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.parse
@@ -28,6 +29,8 @@ class Registry:
     pid: int | None = None  # root of the process tree to sample
     log_path: Path | None = None
     samples: dict[str, list[float]] = field(default_factory=dict)
+    ca: Path | None = None  # https URL: the certificate clients verify it with (curl --cacert)
+    proxy: Registry | None = None  # --via-nginx: the nginx in front (url is then the proxy's)
 
     def add(self, key: str, value: float | None) -> None:
         if value is not None:
@@ -60,24 +63,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_distribution(work: Path, binary: str) -> Registry:
+def start_distribution(work: Path, binary: str, storage: str | None = None) -> Registry:
+    """storage: the YAML under distribution's `storage:`, indented by 2 (default: filesystem in
+    <work>/distribution-data)."""
     if shutil.which(binary) is None:
         raise BenchError(f"{binary} not found: apt-get install -y docker-registry")
     port = free_port()
-    data = work / "distribution-data"
-    data.mkdir()
+    if storage is None:
+        data = work / "distribution-data"
+        data.mkdir()
+        storage = f"  filesystem:\n    rootdirectory: {data}\n"
     config = work / "distribution.yml"
     config.write_text(
         "version: 0.1\n"
         "log:\n  level: warn\n  accesslog:\n    disabled: true\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {data}\n"
+        f"storage:\n{storage}"
         "  maintenance:\n    uploadpurging:\n      enabled: false\n"
         f"http:\n  addr: 127.0.0.1:{port}\n"
     )
+    # Debian's build wraps the HTTP transport; with AWS_CA_BUNDLE set, its aws-sdk-go then
+    # panics at start ("unable to load custom CA bundle, HTTPClient's transport unsupported type").
+    env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
     log_path = work / "distribution.log"
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(
             [binary, "serve", str(config)],
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -158,6 +169,7 @@ def start_moto(work: Path) -> Registry:
 def wait_ready(reg: Registry, timeout: float = 30.0) -> None:
     """Wait until GET /v2/ gets any HTTP answer below 500 (401 counts: it is up)."""
     parsed = urllib.parse.urlsplit(reg.url)
+    tls = ssl.create_default_context(cafile=reg.ca) if parsed.scheme == "https" else None
     deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
@@ -166,7 +178,10 @@ def wait_ready(reg: Registry, timeout: float = 30.0) -> None:
                 f"{reg.name} exited with status {reg.proc.returncode} during start:\n{reg.log_tail()}"
             )
         try:
-            conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=2)
+            if tls is None:
+                conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=2)
+            else:
+                conn = http.client.HTTPSConnection(parsed.hostname, parsed.port, timeout=2, context=tls)
             conn.request("GET", "/v2/")
             status = conn.getresponse().status
             conn.close()
@@ -182,6 +197,8 @@ def wait_ready(reg: Registry, timeout: float = 30.0) -> None:
 
 
 def stop_registry(reg: Registry) -> None:
+    if reg.proxy is not None:
+        stop_registry(reg.proxy)
     proc = reg.proc
     if proc is None:
         return

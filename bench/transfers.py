@@ -26,12 +26,20 @@ class CurlResult:
     body: bytes
 
 
-def curl(args: list[str], work: Path, stdin=None, body_to_devnull: bool = False) -> CurlResult:
+def curl_base(reg: Registry) -> list[str]:
+    """The options every curl request of the bench uses (also bench/load.py's parallel GETs)."""
+    return [
+        "curl", "-sS", "--max-time", str(CURL_MAX_TIME),
+        "-H", "Expect:",  # real clients (Go) do not wait for 100-continue
+        *(["--cacert", str(reg.ca)] if reg.ca else []),  # --via-nginx: the proxy's certificate
+    ]  # fmt: skip
+
+
+def curl(reg: Registry, args: list[str], work: Path, stdin=None, body_to_devnull: bool = False) -> CurlResult:
     hdr = work / "curl-headers.txt"
     body = work / "curl-body.bin"
     cmd = [
-        "curl", "-sS", "--max-time", str(CURL_MAX_TIME),
-        "-H", "Expect:",  # real clients (Go) do not wait for 100-continue
+        *curl_base(reg),
         "-D", str(hdr),
         "-o", "/dev/null" if body_to_devnull else str(body),
         "-w", "%{json}",
@@ -72,10 +80,7 @@ def auth_args(reg: Registry) -> list[str]:
 
 
 def start_upload(reg: Registry, work: Path) -> str:
-    res = curl(
-        ["-X", "POST", *auth_args(reg), f"{reg.url}/v2/{REPO_NAME}/blobs/uploads/"],
-        work,
-    )
+    res = curl(reg, ["-X", "POST", *auth_args(reg), f"{reg.url}/v2/{REPO_NAME}/blobs/uploads/"], work)
     expect(res, 202, f"{reg.name} POST upload")
     location = res.headers.get("location")
     if not location:
@@ -93,6 +98,7 @@ def check_put(reg: Registry, res: CurlResult, digest: str) -> None:
 def upload_monolithic(reg: Registry, blob: Path, digest: str, work: Path) -> None:
     location = start_upload(reg, work)
     res = curl(
+        reg,
         ["-T", str(blob), *auth_args(reg), "-H", "Content-Type: application/octet-stream",
          with_query(location, digest=digest)],
         work,
@@ -105,6 +111,7 @@ def upload_chunked(reg: Registry, blob: Path, digest: str, work: Path) -> None:
     # -T - reads stdin: unknown length, so curl streams it with chunked transfer encoding
     with open(blob, "rb") as f:
         res = curl(
+            reg,
             ["-X", "PATCH", "-T", "-", *auth_args(reg), "-H", "Transfer-Encoding: chunked",
              "-H", "Content-Type: application/octet-stream", location],
             work,
@@ -113,6 +120,7 @@ def upload_chunked(reg: Registry, blob: Path, digest: str, work: Path) -> None:
     expect(res, 202, f"{reg.name} PATCH upload")
     location = urllib.parse.urljoin(location, res.headers.get("location") or location)
     res = curl(
+        reg,
         ["-X", "PUT", *auth_args(reg), "-H", "Content-Length: 0",
          "-H", "Content-Type: application/octet-stream", with_query(location, digest=digest)],
         work,
@@ -120,8 +128,17 @@ def upload_chunked(reg: Registry, blob: Path, digest: str, work: Path) -> None:
     check_put(reg, res, digest)
 
 
+def blob_url(reg: Registry, digest: str) -> str:
+    return f"{reg.url}/v2/{REPO_NAME}/blobs/{digest}"
+
+
 def download(reg: Registry, blob_size: int, digest: str, work: Path) -> None:
-    res = curl([f"{reg.url}/v2/{REPO_NAME}/blobs/{digest}"], work, body_to_devnull=True)
+    download_url(reg, blob_url(reg, digest), blob_size, work)
+
+
+def download_url(reg: Registry, url: str, blob_size: int, work: Path) -> None:
+    """GET url to /dev/null with the same curl options as every registry download (nginx too)."""
+    res = curl(reg, [url], work, body_to_devnull=True)
     expect(res, 200, f"{reg.name} GET blob")
     if int(res.info["size_download"]) != blob_size:
         raise BenchError(f"{reg.name} GET blob: {res.info['size_download']} bytes, expected {blob_size}")
@@ -129,14 +146,14 @@ def download(reg: Registry, blob_size: int, digest: str, work: Path) -> None:
 
 def verify_content(reg: Registry, blob_size: int, digest: str, work: Path) -> None:
     """Untimed: HEAD gives the right Content-Length, GET bytes hash to the digest."""
-    url = f"{reg.url}/v2/{REPO_NAME}/blobs/{digest}"
-    res = curl(["-I", url], work, body_to_devnull=True)
+    url = blob_url(reg, digest)
+    res = curl(reg, ["-I", url], work, body_to_devnull=True)
     expect(res, 200, f"{reg.name} HEAD blob")
     if res.headers.get("content-length") != str(blob_size):
         raise BenchError(f"{reg.name} HEAD blob: Content-Length {res.headers.get('content-length')!r}")
     h = hashlib.sha256()
     n = 0
-    with subprocess.Popen(["curl", "-sS", "--fail", url], stdout=subprocess.PIPE) as p:
+    with subprocess.Popen([*curl_base(reg), "--fail", url], stdout=subprocess.PIPE) as p:
         while chunk := p.stdout.read(4 * MIB):
             h.update(chunk)
             n += len(chunk)
