@@ -32,6 +32,7 @@ from gunicorn.http.body import (
 )
 
 BUFFER_SIZE = 1024 * 1024  # per request with a body; bounds memory whatever the body's size
+BATCH = 256 * 1024  # the least handed to the app at once, unless the body ends first
 _HEX = re.compile(rb"[0-9a-fA-F]+")
 _CRLF = b"\r\n"
 
@@ -65,14 +66,26 @@ class SocketBodyReader:
 
     def next_span(self, limit: int) -> memoryview | None:
         """The next at most `limit` payload bytes, as a view into the buffer that stays valid
-        only until the next call; None once the body has ended."""
+        only until the next call; None once the body has ended.
+
+        Views are at least min(BATCH, limit) bytes unless the body ends first: when the client
+        is slower than Berth, each recv() returns a few KiB, and handing each out would cost a
+        hash call, a write() and a trip through the event loop per few KiB. Until the body has
+        ended more bytes are bound to come, so waiting for them never blocks past its end."""
         if self._done:
             return None
         if self._chunked:
             return self._chunked_span(limit)
         if self._start == self._end:
             self._start = self._end = 0
-            self._receive(min(len(self._buf), self._left))  # never past the body's end
+        goal = min(BATCH, limit, self._left)
+        while self._end - self._start < goal:
+            if self._end == len(self._buf):  # no room after the unread bytes: move them first
+                pending = self._end - self._start
+                self._view[:pending] = self._view[self._start : self._end]
+                self._start, self._end = 0, pending
+            # never past the body's end: what follows it is the next request's
+            self._receive(min(len(self._buf) - self._end, self._left - (self._end - self._start)))
         n = min(self._left, self._end - self._start, limit)
         span = self._view[self._start : self._start + n]
         self._start += n
@@ -82,8 +95,9 @@ class SocketBodyReader:
 
     def _chunked_span(self, limit: int) -> memoryview | None:
         # Clients send chunks of 8-64 KiB. Handing each to the app separately would cost a
-        # hash call and a write() per chunk, so the payloads of every chunk in the buffer are
+        # hash call and a write() per chunk, so the payloads of the chunks in the buffer are
         # moved together over the framing between them (a memmove) and handed out as one view.
+        goal = min(BATCH, limit)
         out = produced = 0
         while produced < limit and not self._done:
             if produced == 0:
@@ -91,15 +105,19 @@ class SocketBodyReader:
             if self._left == 0:
                 if self._parse_chunk_header():
                     continue
-                if produced:
-                    break  # hand out what is here before receiving more
-                self._receive_more()
+                if produced == 0:
+                    self._receive_more()  # moves the partial header to the front first
+                elif produced < goal and self._end < len(self._buf):
+                    self._receive(len(self._buf) - self._end)
+                else:
+                    break  # hand out what is here; the partial header stays for next time
                 continue
             if self._start == self._end:
-                if produced:
+                if produced == 0:
+                    self._start = self._end = out = 0
+                elif produced >= goal or self._end == len(self._buf):
                     break
-                self._start = self._end = 0
-                self._receive(len(self._buf))
+                self._receive(len(self._buf) - self._end)
                 continue
             n = min(self._left, self._end - self._start, limit - produced)
             write_at = out + produced

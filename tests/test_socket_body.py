@@ -200,3 +200,27 @@ def test_a_failed_read_also_closes_the_connection():
         body.read(100)
     assert body.failed is True
     assert request.must_close is True
+
+
+@pytest.mark.parametrize("limit", [1000, 8192, 300_000, BUFFER_SIZE])
+@pytest.mark.parametrize("pieces", [[1000, 77_777], [BUFFER_SIZE // 3], [10 * BUFFER_SIZE]])
+def test_length_body_larger_than_the_buffer_comes_out_whole_in_any_read_sizes(limit, pieces):
+    length = 2 * BUFFER_SIZE + 4321
+    r, _, _ = reader(PAYLOAD[:length] + b"NEXT", length, pieces=pieces)
+    assert drain(r, limit=limit) == PAYLOAD[:length]
+
+
+def test_slow_client_pieces_are_gathered_into_batches():
+    # A client slower than Berth: every recv() returns 4 KiB. The app still gets large views.
+    from serving.body import BATCH
+
+    for wire, length in (
+        (PAYLOAD[: 2 * BUFFER_SIZE], 2 * BUFFER_SIZE),
+        (chunked(PAYLOAD[: 2 * BUFFER_SIZE], [16384]), None),
+    ):
+        r, _, _ = reader(wire, length, pieces=[4096])
+        spans = []
+        while (span := r.next_span(BUFFER_SIZE)) is not None:
+            spans.append(len(span))
+        assert sum(spans) == 2 * BUFFER_SIZE
+        assert min(spans[:-1]) >= BATCH
