@@ -125,6 +125,28 @@ def test_append_writer_resumes_in_a_fresh_driver(make_driver):
     assert not second.exists("up/1/data")
 
 
+def test_append_writer_copies_what_it_keeps_from_a_reused_buffer(make_driver):
+    """Uploads hand writers views of the request's receive buffer, which is overwritten as soon
+    as write() returns (serving/body.py): a writer must not keep a reference to it."""
+    d = make_driver()
+    d.check()
+    writer = d.append_writer("up/views/data")
+    buffer = bytearray(1024 * 1024 + 17)
+    view = memoryview(buffer)
+    expected = bytearray()
+    for i in range(12):  # 12 MiB and change: crosses S3's 5 MiB parts with a remainder
+        data = os.urandom(len(buffer) - i)
+        buffer[: len(data)] = data
+        writer.write(view[: len(data)])
+        expected += data
+        buffer[:] = b"\xff" * len(buffer)  # the next recv_into overwrites the buffer
+    state = writer.state()
+    resumed = make_driver().append_writer("up/views/data", resume=state)
+    assert b"".join(resumed.read_back()) == expected
+    resumed.commit("final/views")
+    assert d.read_bytes("final/views") == expected
+
+
 def test_bytes_after_the_last_state_are_discarded(make_driver):
     d = make_driver()
     d.check()
