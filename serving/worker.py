@@ -7,8 +7,12 @@ TLS record with a plain HTTP 400 and closing, as Go's net/http does, lets the cl
 at once.
 - Blob downloads: gunicorn hands files to `socket.sendfile`, which gevent implements as a loop
   of 8 KiB send() calls (about half of what the loopback carries). The worker gives gunicorn a
-  socket whose sendfile is the zero-copy os.sendfile, waiting cooperatively when the socket
-  buffer is full.
+  socket whose sendfile reads the file in 256 KiB blocks and writes each block at once, waiting
+  cooperatively when the socket buffer is full. Not os.sendfile: zero-copy hands the receiver
+  the page cache's pages, cold in the CPU cache, and behind a reverse proxy on the same machine
+  (the usual deployment) the proxy's worker is the bottleneck of a download. Measured through
+  nginx with TLS (1 GiB, 6 runs): 736 MB/s median this way, 553 with os.sendfile (nginx
+  spending 1.9 s of CPU against 1.3), 645 for CNCF distribution; direct, the two are even.
 - Request bodies (blob uploads) are read with `recv_into` into one buffer per request and
   reach the app as memoryviews, with no copies on the way (serving/body.py).
 - On a graceful stop or reload, gunicorn waits for every connection's greenlet, including idle
@@ -56,7 +60,7 @@ class RegistryGeventWorker(GeventWorker):
                 # (With gunicorn terminating TLS itself, a ClientHello is what it expects.)
                 _refuse_tls(client)
                 return
-            super().handle(listener, _ZeroCopySocket(client), addr)
+            super().handle(listener, _DownloadSocket(client), addr)
         finally:
             self._connections.pop(current, None)
 
@@ -95,10 +99,11 @@ class RegistryGeventWorker(GeventWorker):
 # A client that takes nothing for this long is gone; without a limit its greenlet would wait
 # forever on a full socket buffer.
 SEND_STALL_TIMEOUT = 300
+SEND_BLOCK = 256 * 1024  # per download in flight: large writes, still hot in the CPU cache
 
 
-class _ZeroCopySocket:
-    """The connection as gunicorn sees it: the gevent socket, with a zero-copy sendfile."""
+class _DownloadSocket:
+    """The connection as gunicorn sees it: the gevent socket, with a block-copying sendfile."""
 
     __slots__ = ("_sock",)
 
@@ -112,16 +117,18 @@ class _ZeroCopySocket:
         out_fd, in_fd = self._sock.fileno(), file.fileno()
         if count is None:
             count = os.fstat(in_fd).st_size - offset
+        block = memoryview(bytearray(max(1, min(SEND_BLOCK, count))))
         sent = 0
         while sent < count:
-            try:
-                n = os.sendfile(out_fd, in_fd, offset + sent, count - sent)
-            except BlockingIOError:
-                # gevent keeps the descriptor non-blocking: yield until it is writable.
-                wait_write(out_fd, timeout=SEND_STALL_TIMEOUT, timeout_exc=TimeoutError("send stalled"))
-                continue
+            n = os.preadv(in_fd, [block[: min(len(block), count - sent)]], offset + sent)
             if n == 0:
                 break  # the file ended early
+            done = 0
+            while done < n:
+                try:
+                    done += os.write(out_fd, block[done:n])
+                except BlockingIOError:
+                    wait_write(out_fd, timeout=SEND_STALL_TIMEOUT, timeout_exc=TimeoutError("send stalled"))
             sent += n
         file.seek(offset + sent)  # where socket.sendfile leaves it
         return sent
