@@ -190,25 +190,21 @@ def main(argv: list[str] | None = None) -> int:
         digest = make_blob(blob, args.size)
         size, threads = args.size, args.boto3_threads
 
-        def berth_steps(rep: int) -> None:
-            run.step("berth_chunked", lambda: upload_chunked(berth, blob, digest, work), size)
-            wipe_bucket(client)
-            run.step("berth_monolithic", lambda: upload_monolithic(berth, blob, digest, work), size)
-            run.step("berth_download", lambda: download(berth, size, digest, work), size)
+        def registry_steps(reg, prefix: str, label: str, rep: int) -> None:
+            run.step(f"{prefix}_chunked", lambda: upload_chunked(reg, blob, digest, work), size)
+            wipe_bucket(client)  # a registry skips the copy of a blob it already has
+            run.step(f"{prefix}_monolithic", lambda: upload_monolithic(reg, blob, digest, work), size)
+            run.step(f"{prefix}_download", lambda: download(reg, size, digest, work), size)
             if rep == 0 and not args.no_verify:
-                verify_content(berth, size, digest, work)
-                log(f"Berth on S3 serves content matching {digest}")
+                verify_content(reg, size, digest, work)
+                log(f"{label} on S3 serves content matching {digest}")
             wipe_bucket(client)
 
+        def berth_steps(rep: int) -> None:
+            registry_steps(berth, "berth", "Berth", rep)
+
         def dist_steps(rep: int) -> None:
-            run.step("dist_chunked", lambda: upload_chunked(dist, blob, digest, work), size)
-            wipe_bucket(client)  # distribution too skips the copy of a blob it already has
-            run.step("dist_monolithic", lambda: upload_monolithic(dist, blob, digest, work), size)
-            run.step("dist_download", lambda: download(dist, size, digest, work), size)
-            if rep == 0 and not args.no_verify:
-                verify_content(dist, size, digest, work)
-                log(f"distribution on S3 serves content matching {digest}")
-            wipe_bucket(client)
+            registry_steps(dist, "dist", "distribution", rep)
 
         def boto3_steps(rep: int) -> None:
             run.step("boto3_seq_up", lambda: boto3_seq_upload(client, blob, args.part_size), size)

@@ -72,7 +72,9 @@ def render_proxy_config(workdir: Path, port: int, upstream: str, cert: Path, key
 
 
 def render_static_config(workdir: Path, port: int, root: Path, tls: tuple[Path, Path] | None) -> str:
-    """nginx serving the files in `root`: sendfile, one worker per core. With `tls`, over
+    """nginx serving the files in `root` the fastest way for a client on the same machine: read
+    into 256 KiB buffers, not sendfile (which hands the client cold page-cache pages: about
+    1.2 GB/s here against 1.7-2.3), one worker per core. With `tls`, over
     HTTPS with the shipped configuration's protocols and session cache."""
     w = workdir
     listen = f"listen 127.0.0.1:{port}"
@@ -91,7 +93,7 @@ def render_static_config(workdir: Path, port: int, root: Path, tls: tuple[Path, 
         "http {\n"
         + "".join(f"    {k}_temp_path {w}/{k};\n" for k in _TEMP_KINDS)
         + "    access_log off;\n    server_tokens off;\n"
-        "    sendfile on;\n    tcp_nopush on;\n    default_type application/octet-stream;\n"
+        "    sendfile off;\n    output_buffers 2 256k;\n    default_type application/octet-stream;\n"
         f"    server {{\n        {listen};\n{ssl}        root {root};\n"
         "        location / {\n        }\n    }\n}\n"
     )

@@ -156,7 +156,7 @@ def markdown_vs_distribution(tables: dict[str, list[dict]], machine: dict, args)
         tls = ", over TLS like the proxies" if args.via_nginx else ""
         out += [
             "",
-            f"Reference: nginx serving the same blob files (sendfile, worker_processes auto{tls}), same curl:",
+            f"Reference: nginx serving the same blob files (sendfile off, output_buffers 2 256k, worker_processes auto{tls}), same curl:",
             "",
             "| metric | unit | Berth | distribution | nginx | Berth/nginx | distribution/nginx | nginx min-max |",
             "|---|---|---:|---:|---:|---:|---:|---:|",
