@@ -196,11 +196,19 @@ def test_concurrent_replace_is_atomic(driver):
     old, new = b"a" * 100_000, b"b" * 100_000
     driver.write_bytes("k", old)
     stop = threading.Event()
-    seen = set()
+    seen, errors = set(), []
 
     def read():
         while not stop.is_set():
-            seen.add(driver.read_bytes("k"))
+            try:
+                seen.add(driver.read_bytes("k"))
+            except ValueError as exc:
+                # In-process moto is not thread-safe here: replacing an object closes the
+                # temp file that a concurrent GetObject is still reading. Not the driver's doing.
+                if "closed file" not in str(exc):
+                    errors.append(exc)
+            except Exception as exc:
+                errors.append(exc)
 
     t = threading.Thread(target=read)
     t.start()
@@ -209,7 +217,8 @@ def test_concurrent_replace_is_atomic(driver):
         driver.write_bytes("k", old)
     stop.set()
     t.join()
-    assert seen <= {old, new}
+    assert not errors
+    assert seen and seen <= {old, new}
 
 
 def test_filesystem_write_survives_a_concurrent_prune(tmp_path, monkeypatch):
