@@ -11,13 +11,17 @@ docker, podman and skopeo fetch a token from /v2/token; otherwise they are `Basi
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from auth.basic import BasicAuthenticator, parse_basic
 from auth.claims import challenge_scopes, identity_from_claims
 from auth.identity import ANONYMOUS_READER, Identity
-from auth.tokens import InvalidToken, TokenVerifier, looks_like_jwt
+from auth.token_shape import InvalidToken, looks_like_jwt
 from errors import Denied, Unauthorized
 from settings import Settings
+
+if TYPE_CHECKING:  # auth.tokens loads the JOSE library: only when JWTs are configured
+    from auth.tokens import TokenVerifier
 
 Needs = list[tuple[str | None, str]]
 

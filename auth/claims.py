@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from auth.identity import ALL_ACTIONS, CATALOG, PULL, PUSH, Grant, Identity
-from auth.tokens import InvalidToken
+from auth.token_shape import InvalidToken
 
 KNOWN_ACTIONS = frozenset({PULL, PUSH})
 _SAFE_NAME = re.compile(r"^[a-z0-9._/-]{1,255}$")

@@ -7,12 +7,14 @@ from __future__ import annotations
 from auth.access import AccessController
 from auth.middleware import AuthMiddleware
 from auth.token_server import TokenServer
-from auth.tokens import TokenSigner, TokenVerifier
 from settings import Settings
 
 
 def build_auth(settings: Settings) -> tuple[AuthMiddleware, TokenServer | None]:
     tokens = settings.tokens
+    if tokens.signing_key is not None or tokens.verifies_jwts:
+        # Only then: the JOSE library costs ~9 MiB per worker (auth/token_shape.py).
+        from auth.tokens import TokenSigner, TokenVerifier
     signer = TokenSigner(tokens.signing_key) if tokens.signing_key is not None else None
     verifier = TokenVerifier(tokens, signer) if tokens.verifies_jwts else None
     middleware = AuthMiddleware(AccessController(settings, verifier), tokens.realm_url)

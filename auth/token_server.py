@@ -8,13 +8,15 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from auth.claims import granted_access, parse_scopes
 from auth.identity import Identity
-from auth.tokens import TokenSigner
 from errors import Unsupported
 from settings import TokenSettings
+
+if TYPE_CHECKING:  # auth.tokens loads the JOSE library: only when the token flow is on
+    from auth.tokens import TokenSigner
 
 
 class TokenServer:

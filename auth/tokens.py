@@ -8,7 +8,6 @@ key both fail like any wrong signature."""
 
 from __future__ import annotations
 
-import re
 import time
 import warnings
 from typing import Any
@@ -23,26 +22,14 @@ from joserfc.errors import (
 )
 from joserfc.jwk import JWKRegistry, Key
 
+from auth.token_shape import InvalidToken, looks_like_jwt
 from settings import SettingsError, TokenSettings, jwk_algorithm
 
 # Clock skew tolerated on `exp`, `nbf` and `iat`.
 LEEWAY_SECONDS = 30
-# A bound on what is parsed at all; real tokens are well under 2 KiB.
-MAX_TOKEN_BYTES = 16 * 1024
 # RFC 9864 renames EdDSA to Ed25519; both are accepted and EdDSA, which every verifier knows, is
 # what Ed25519 tokens are signed with. joserfc would warn about it on every token.
 warnings.filterwarnings("ignore", message="EdDSA is deprecated", category=SecurityWarning)
-_JWT_SHAPE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
-
-
-class InvalidToken(Exception):
-    """The token is not acceptable. The message says why in general terms and never quotes the
-    token: it may end up in a response or a log."""
-
-
-def looks_like_jwt(value: str) -> bool:
-    """Whether a Basic password is a compact JWS (three base64url parts) rather than a password."""
-    return len(value) <= MAX_TOKEN_BYTES and bool(_JWT_SHAPE.match(value))
 
 
 def _algorithms(jwk: dict[str, Any]) -> list[str]:

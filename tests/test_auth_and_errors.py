@@ -198,3 +198,26 @@ def test_readiness_reports_broken_storage(tmp_path):
     r = api.request("GET", "/readyz", auth=False)
     assert r.status_code == 503
     assert r.json["status"] == "unavailable"
+
+
+def test_the_jose_library_loads_only_when_jwts_are_configured(tmp_path):
+    """joserfc and cryptography cost ~9 MiB per worker: with Basic users only, they stay out."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.jwt_keys import b64, keypair
+
+    probe = "import sys, app; app.app; print('joserfc' in sys.modules, 'cryptography' in sys.modules)"
+    env = {**os.environ, "USERNAME": "u", "PASSWORD": "p", "REGISTRY_DATA_DIR": str(tmp_path)}
+    root = Path(__file__).resolve().parent.parent
+    basic_only = subprocess.run(
+        [sys.executable, "-c", probe], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert basic_only.stdout.split() == ["False", "False"], basic_only.stderr
+    env["JWT_REGISTRY_TOKENS_PUBLIC_KEY"] = b64(keypair("EC")[1])
+    with_jwt = subprocess.run(
+        [sys.executable, "-c", probe], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert with_jwt.stdout.split()[0] == "True", with_jwt.stderr
