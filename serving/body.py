@@ -81,9 +81,7 @@ class SocketBodyReader:
         goal = min(BATCH, limit, self._left)
         while self._end - self._start < goal:
             if self._end == len(self._buf):  # no room after the unread bytes: move them first
-                pending = self._end - self._start
-                self._view[:pending] = self._view[self._start : self._end]
-                self._start, self._end = 0, pending
+                self._compact()
             # never past the body's end: what follows it is the next request's
             self._receive(min(len(self._buf) - self._end, self._left - (self._end - self._start)))
         n = min(self._left, self._end - self._start, limit)
@@ -151,13 +149,17 @@ class SocketBodyReader:
     def _receive_more(self) -> None:
         """Receive more of an incomplete chunk header, keeping its first bytes (moved to the
         front of the buffer). The header parser bounds how long a header may grow."""
-        pending = self._end - self._start
-        if pending == len(self._buf):
+        if self._end - self._start == len(self._buf):
             raise BodyError("chunk framing larger than the receive buffer")
+        self._compact()
+        self._receive(len(self._buf) - self._end)
+
+    def _compact(self) -> None:
+        """Move the unconsumed bytes to the front of the buffer, making room after them."""
+        pending = self._end - self._start
         if self._start:
             self._view[:pending] = self._view[self._start : self._end]
             self._start, self._end = 0, pending
-        self._receive(len(self._buf) - self._end)
 
     def _parse_chunk_header(self) -> bool:
         """Parse the framing between two chunks' payloads if it is all in the buffer: the CRLF

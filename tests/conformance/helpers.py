@@ -294,26 +294,50 @@ class TestData:
             m["artifactType"] = artifact_type
         m["config"] = conf
         m["layers"] = layers
+        return self._add_manifest(
+            m, MT_OCI_IMAGE, artifact_type or conf["mediaType"], algo, subject, annotations,
+            annotation_uniq, extra_field, set_data, tag,
+        )  # fmt: skip
+
+    def _add_manifest(
+        self,
+        doc,
+        media_type,
+        ref_artifact_type,
+        algo,
+        subject,
+        annotations,
+        annotation_uniq,
+        extra_field,
+        set_data,
+        tag,
+    ):
+        """The part image manifests and indexes share: subject, annotations, an extra field,
+        then storing it, its descriptor, its referrer entry and its tag."""
         if subject:
-            m["subject"] = subject
+            doc["subject"] = subject
         ann = dict(annotations) if annotations else None
         if annotation_uniq:
             ann = ann or {}
             ann["org.example." + rand_text()] = rand_text()
         if ann:
-            m["annotations"] = ann
+            doc["annotations"] = ann
         if extra_field:
-            m[f"org.{rand_text()}"] = rand_text()
-        body = go_json(m)
+            doc[f"org.{rand_text()}"] = rand_text()
+        body = go_json(doc)
         dig = digest_of(body, algo)
         self.manifests[dig] = body
         self.man_order.append(dig)
-        self.desc[dig] = {"mediaType": MT_OCI_IMAGE, "digest": dig, "size": len(body)}
+        self.desc[dig] = {"mediaType": media_type, "digest": dig, "size": len(body)}
         if set_data:
             self.desc[dig]["data"] = base64.b64encode(body).decode()
-        at = artifact_type or conf["mediaType"]
         if subject:
-            ref = {"mediaType": MT_OCI_IMAGE, "artifactType": at, "digest": dig, "size": len(body)}
+            ref = {
+                "mediaType": media_type,
+                "artifactType": ref_artifact_type,
+                "digest": dig,
+                "size": len(body),
+            }
             if ann:
                 ref["annotations"] = ann
             self.referrers.setdefault(subject["digest"], []).append(ref)
@@ -376,31 +400,18 @@ class TestData:
                 d["platform"] = p
             descs.append(d)
         ind["manifests"] = descs
-        if subject:
-            ind["subject"] = subject
-        ann = dict(annotations) if annotations else None
-        if annotation_uniq:
-            ann = ann or {}
-            ann["org.example." + rand_text()] = rand_text()
-        if ann:
-            ind["annotations"] = ann
-        if extra_field:
-            ind[f"org.{rand_text()}"] = rand_text()
-        body = go_json(ind)
-        dig = digest_of(body, algo)
-        self.manifests[dig] = body
-        self.man_order.append(dig)
-        self.desc[dig] = {"mediaType": MT_OCI_INDEX, "digest": dig, "size": len(body)}
-        if set_data:
-            self.desc[dig]["data"] = base64.b64encode(body).decode()
-        if subject:
-            ref = {"mediaType": MT_OCI_INDEX, "artifactType": artifact_type, "digest": dig, "size": len(body)}
-            if ann:
-                ref["annotations"] = ann
-            self.referrers.setdefault(subject["digest"], []).append(ref)
-        if tag:
-            self.tags[tag] = dig
-        return dig, body
+        return self._add_manifest(
+            ind,
+            MT_OCI_INDEX,
+            artifact_type,
+            algo,
+            subject,
+            annotations,
+            annotation_uniq,
+            extra_field,
+            set_data,
+            tag,
+        )
 
     def gen_index_full(self, platforms=None, **opts):
         if platforms is None:

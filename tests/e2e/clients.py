@@ -73,6 +73,12 @@ class DockerDaemon(_Process):
     def docker(self, *args, timeout: float = 120, check: bool = True, input: str | None = None):
         return run([self.cli, *args], timeout=timeout, check=check, input=input, env=self.env)
 
+    def login(self, host: str, creds):
+        """`docker login` with the password on stdin (raises CommandError if refused)."""
+        return self.docker(
+            "login", "-u", creds.username, "--password-stdin", host, input=creds.password + "\n", timeout=60
+        )
+
     def stop(self, timeout: float = 30) -> None:
         super().stop(timeout=timeout)
 

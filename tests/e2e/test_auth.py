@@ -86,14 +86,7 @@ def test_readonly_user_push_refused_docker(registry, needs_readonly, docker_daem
     skopeo("copy", src, f"docker-archive:{archive}:{target}")
     docker_daemon.docker("load", "-i", archive)
     try:
-        out = docker_daemon.docker(
-            "login",
-            "-u",
-            registry.ro.username,
-            "--password-stdin",
-            registry.host,
-            input=registry.ro.password + "\n",
-        ).stdout
+        out = docker_daemon.login(registry.host, registry.ro).stdout
         assert "Login Succeeded" in out
         with pytest.raises(CommandError) as exc:
             docker_daemon.docker("push", target, timeout=90)
@@ -108,15 +101,7 @@ def test_readonly_user_push_refused_docker(registry, needs_readonly, docker_daem
 @pytest.mark.parametrize("creds", [WRONG, UNKNOWN], ids=["wrong-password", "unknown-user"])
 def test_wrong_credentials_refused_at_login(registry, docker_daemon, podman, skopeo, creds):
     with pytest.raises(CommandError) as exc:
-        docker_daemon.docker(
-            "login",
-            "-u",
-            creds.username,
-            "--password-stdin",
-            registry.host,
-            input=creds.password + "\n",
-            timeout=60,
-        )
+        docker_daemon.login(registry.host, creds)
     _assert_auth_failure(exc.value)
     cfg = docker_daemon.config_dir / "config.json"
     if cfg.exists():

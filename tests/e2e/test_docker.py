@@ -48,16 +48,7 @@ def loaded_image(docker_daemon, skopeo, tmp_path, repo):
 
 
 def _login(docker_daemon, registry, creds=None):
-    creds = creds or registry.rw
-    return docker_daemon.docker(
-        "login",
-        "-u",
-        creds.username,
-        "--password-stdin",
-        registry.host,
-        input=creds.password + "\n",
-        timeout=60,
-    )
+    return docker_daemon.login(registry.host, creds or registry.rw)
 
 
 def test_docker_push_pull(docker_daemon, registry, repo, loaded_image):

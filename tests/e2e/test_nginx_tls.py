@@ -195,9 +195,7 @@ def _write_big_image(root: Path, payload_size: int, tag: str = "v1") -> dict:
 
 
 def _docker_login(docker_daemon, proxy: Nginx, berth: BerthServer) -> None:
-    out = docker_daemon.docker(
-        "login", "-u", berth.rw.username, "--password-stdin", proxy.host, input=berth.rw.password + "\n"
-    ).stdout
+    out = docker_daemon.login(proxy.host, berth.rw).stdout
     assert "Login Succeeded" in out, out
 
 

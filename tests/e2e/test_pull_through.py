@@ -178,9 +178,7 @@ def test_docker_pulls_through(upstreams, skopeo, docker_daemon, tmp_path):
     )
     _push(skopeo, upstreams.token, images.write_oci_layout(tmp_path / "oci", oci, "v1"), "pt/d-oci", "v1")
     front = upstreams.front
-    docker_daemon.docker(
-        "login", "-u", RO.username, "--password-stdin", front.host, input=RO.password + "\n", timeout=60
-    )
+    docker_daemon.login(front.host, RO)
     refs = {
         f"{front.host}/pt/d-schema2:v1": schema2,
         f"{front.host}/pt/d-schema2@{schema2.digest}": schema2,

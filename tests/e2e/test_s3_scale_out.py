@@ -113,9 +113,7 @@ def test_skopeo_and_docker_through_nginx(cluster, skopeo, docker_daemon, tmp_pat
     docker_daemon.docker("load", "-i", archive)
     target = f"{proxy.host}/scale/docker:v1"
     docker_daemon.docker("tag", "scale/local:v1", target)
-    docker_daemon.docker(
-        "login", "-u", creds.username, "--password-stdin", proxy.host, input=creds.password + "\n"
-    )
+    docker_daemon.login(proxy.host, creds)
     docker_daemon.docker("push", target, timeout=300)
     docker_daemon.docker("rmi", "-f", target, "scale/local:v1")
     docker_daemon.docker("pull", target, timeout=300)

@@ -78,15 +78,7 @@ def image(docker_daemon, skopeo, tmp_path):
 
 
 def _login(docker_daemon, registry, creds: Creds) -> str:
-    out = docker_daemon.docker(
-        "login",
-        "-u",
-        creds.username,
-        "--password-stdin",
-        registry.host,
-        input=creds.password + "\n",
-        timeout=60,
-    ).stdout
+    out = docker_daemon.login(registry.host, creds).stdout
     assert "Login Succeeded" in out, out
     return out
 
