@@ -23,7 +23,7 @@ from auth.identity import ALL_ACTIONS, CATALOG, PULL, PUSH, Grant, Identity
 from auth.token_shape import InvalidToken
 
 KNOWN_ACTIONS = frozenset({PULL, PUSH})
-_SAFE_NAME = re.compile(r"^[a-z0-9._/-]{1,255}$")
+_SAFE_NAME = re.compile(r"[a-z0-9._/-]{1,255}")
 
 
 def _actions(raw: Any, where: str) -> frozenset[str]:
@@ -122,7 +122,7 @@ def challenge_scopes(needs: Iterable[tuple[str | None, str]]) -> list[Scope]:
             if action == CATALOG:
                 wanted.setdefault("registry:catalog", {"*"})
             continue
-        if not _SAFE_NAME.match(repository):
+        if not _SAFE_NAME.fullmatch(repository):
             continue  # refused later as NAME_INVALID; never copied into a header
         acts = wanted.setdefault(f"repository:{repository}", set())
         acts.update({PULL, PUSH} if action == PUSH else {action})

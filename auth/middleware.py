@@ -11,9 +11,7 @@ from errors import Denied
 
 # DELETE needs push: whoever may write a repository may also remove from it.
 METHOD_ACTIONS = {"GET": PULL, "HEAD": PULL, "POST": PUSH, "PUT": PUSH, "PATCH": PUSH, "DELETE": PUSH}
-_SAFE_PREFIX = re.compile(
-    r"^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$"
-)
+_SAFE_PREFIX = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?")
 
 
 def token_realm(req, explicit: str | None) -> str:
@@ -24,7 +22,7 @@ def token_realm(req, explicit: str | None) -> str:
     if explicit:
         return explicit
     prefix = req.prefix
-    if not _SAFE_PREFIX.match(prefix):
+    if not _SAFE_PREFIX.fullmatch(prefix):
         env = req.env
         prefix = f"{req.scheme}://{env.get('SERVER_NAME', 'localhost')}:{env.get('SERVER_PORT', '80')}"
     return f"{prefix.rstrip('/')}/v2/token"

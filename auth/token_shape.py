@@ -8,7 +8,7 @@ import re
 
 # A bound on what is parsed at all; real tokens are well under 2 KiB.
 MAX_TOKEN_BYTES = 16 * 1024
-_JWT_SHAPE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
+_JWT_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
 
 class InvalidToken(Exception):
@@ -18,4 +18,4 @@ class InvalidToken(Exception):
 
 def looks_like_jwt(value: str) -> bool:
     """Whether a Basic password is a compact JWS (three base64url parts) rather than a password."""
-    return len(value) <= MAX_TOKEN_BYTES and bool(_JWT_SHAPE.match(value))
+    return len(value) <= MAX_TOKEN_BYTES and bool(_JWT_SHAPE.fullmatch(value))

@@ -9,8 +9,10 @@ from errors import BlobUploadInvalid, RangeInvalid, SizeInvalid, Unsupported
 from serving.body import BodyError
 
 READ_CHUNK = 1024 * 1024  # bounds memory per request; gunicorn reads up to this per recv
-_CONTENT_RANGE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# Offsets of at most 19 digits (beyond any real size): longer ones are malformed, not a
+# ValueError from int() (Python refuses to convert thousands of digits).
+_CONTENT_RANGE = re.compile(r"(?:bytes[ =])?(\d{1,19})-(\d{1,19})(?:/(?:\d{1,19}|\*))?")
+_RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
 
 
 def body_chunks(req) -> Iterator[bytes | memoryview]:
@@ -72,7 +74,7 @@ def content_range(req) -> tuple[int, int] | None:
     raw = req.get_header("Content-Range")
     if raw is None:
         return None
-    match = _CONTENT_RANGE.match(raw.strip())
+    match = _CONTENT_RANGE.fullmatch(raw.strip())
     if not match:
         raise RangeInvalid("malformed Content-Range", detail={"Content-Range": raw})
     start, end = int(match.group(1)), int(match.group(2))
@@ -87,7 +89,7 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     beyond the end, or ending before it starts, raises 416 with `Content-Range: bytes */size`."""
     if not header:
         return None
-    match = _RANGE.match(header.strip().replace(" ", ""))
+    match = _RANGE.fullmatch(header.strip().replace(" ", ""))
     if not match or match.group(1) == match.group(2) == "":
         return None
     first, last = match.groups()

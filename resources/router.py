@@ -19,7 +19,8 @@ def _compile(template: str) -> re.Pattern[str]:
         field = match.group(1)
         pattern += f"(?P<{field}>.+)" if field == "name" else f"(?P<{field}>[^/]+)"
         pos = match.end()
-    return re.compile(f"^{pattern}{re.escape(template[pos:])}$")
+    # DOTALL: a field holding a newline reaches validation (NAME_INVALID...), not "no route".
+    return re.compile(f"{pattern}{re.escape(template[pos:])}", re.DOTALL)
 
 
 class RegexRouter:
@@ -39,7 +40,7 @@ class RegexRouter:
 
     def find(self, uri: str, req: object = None) -> tuple[object, dict, dict[str, str], str]:
         for pattern, resource, method_map, template in self._routes:
-            match = pattern.match(uri)
+            match = pattern.fullmatch(uri)
             if match:
                 return resource, method_map, match.groupdict(), template
         return self._fallback, self._fallback_map, {}, "{unknown}"

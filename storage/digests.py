@@ -11,10 +11,10 @@ from errors import DigestInvalid, ManifestInvalid, NameInvalid
 # Registered algorithms and the length of their hex encoding.
 ALGORITHMS = {"sha256": 64, "sha512": 128}
 
-_DIGEST_RE = re.compile(r"^([a-z0-9]+(?:[.+_-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)$")
+_DIGEST_RE = re.compile(r"([a-z0-9]+(?:[.+_-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)")
 _NAME_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
-_NAME_RE = re.compile(rf"^{_NAME_COMPONENT}(?:/{_NAME_COMPONENT})*$")
-_TAG_RE = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$")
+_NAME_RE = re.compile(rf"{_NAME_COMPONENT}(?:/{_NAME_COMPONENT})*")
+_TAG_RE = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
 MAX_NAME_LENGTH = 255
 
 
@@ -28,7 +28,7 @@ class Digest(NamedTuple):
     @classmethod
     def parse(cls, value: str) -> Digest:
         """A digest the registry can verify; DIGEST_INVALID (400) otherwise."""
-        match = _DIGEST_RE.match(value or "")
+        match = _DIGEST_RE.fullmatch(value or "")
         if not match:
             raise DigestInvalid("invalid digest format", detail={"digest": value})
         algorithm, encoded = match.groups()
@@ -49,16 +49,16 @@ def looks_like_digest(reference: str) -> bool:
 
 
 def validate_name(name: str) -> str:
-    if len(name) > MAX_NAME_LENGTH or not _NAME_RE.match(name):
+    if len(name) > MAX_NAME_LENGTH or not _NAME_RE.fullmatch(name):
         raise NameInvalid(detail={"name": name})
     return name
 
 
 def validate_tag(tag: str) -> str:
-    if not _TAG_RE.match(tag):
+    if not _TAG_RE.fullmatch(tag):
         raise ManifestInvalid("invalid tag", detail={"tag": tag})
     return tag
 
 
 def is_valid_tag(tag: str) -> bool:
-    return bool(_TAG_RE.match(tag))
+    return bool(_TAG_RE.fullmatch(tag))

@@ -28,6 +28,11 @@ class InvalidKey(StorageError):
     pass
 
 
+class StorageFull(StorageError):
+    """The backend has no space left (ENOSPC, a quota): nothing more can be written, while
+    everything stored can still be read."""
+
+
 class ObjectReader(Protocol):
     """A readable byte range of a stored object. Local files also expose `fileno()` so the
     WSGI server can send them with sendfile."""

@@ -88,6 +88,9 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise ManifestInvalid("manifest is not valid JSON") from None
+    except RecursionError:
+        # Nesting deeper than the interpreter's recursion limit: no real manifest does that.
+        raise ManifestInvalid("manifest JSON is nested too deeply") from None
     if not isinstance(doc, dict):
         raise ManifestInvalid("manifest is not a JSON object")
     if doc.get("schemaVersion") != 2:
@@ -98,8 +101,10 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
     if artifact_type is not None and not isinstance(artifact_type, str):
         raise ManifestInvalid("artifactType must be a string")
     annotations = doc.get("annotations")
-    if annotations is not None and not isinstance(annotations, dict):
-        raise ManifestInvalid("annotations must be an object")
+    if annotations is not None and not (
+        isinstance(annotations, dict) and all(isinstance(v, str) for v in annotations.values())
+    ):
+        raise ManifestInvalid("annotations must be an object of strings")
 
     if media_type in INDEX_TYPES:
         manifests = doc.get("manifests")

@@ -20,7 +20,7 @@ from storage.digests import Digest
 from storage.driver import AppendWriter, ObjectBusy, ObjectNotFound, StorageDriver, StorageError
 from storage.hashing import HashStateError, ResumableHash
 
-_UPLOAD_ID_RE = re.compile(r"^[a-f0-9-]{36}$")
+_UPLOAD_ID_RE = re.compile(r"[a-f0-9-]{36}")
 STATE_VERSION = 1
 
 
@@ -216,7 +216,7 @@ class UploadService:
             raise BlobUploadUnknown(detail={"upload": state.upload_id}) from None
 
     def _load(self, name: str, upload_id: str, owner: str) -> UploadState:
-        if not _UPLOAD_ID_RE.match(upload_id):
+        if not _UPLOAD_ID_RE.fullmatch(upload_id):
             raise BlobUploadUnknown(detail={"upload": upload_id})
         try:
             raw = self._driver.read_bytes(paths.upload_state(upload_id))
