@@ -14,7 +14,7 @@ from resources.base import UnknownRoute
 from resources.router import RegexRouter
 from settings import Settings, SettingsError
 from storage import driver_from_settings
-from storage.driver import StorageDriver, StorageError
+from storage.driver import StorageDriver, StorageError, StorageFull
 from storage.registry import Registry
 from upstream.pullthrough import PullThrough
 
@@ -24,7 +24,11 @@ log = logging.getLogger("berth")
 def create_app(settings: Settings, driver: StorageDriver | None = None) -> falcon.App:
     """The app over the storage `settings` name (or `driver`, a seam for tests)."""
     driver = driver or driver_from_settings(settings)
-    driver.check()
+    try:
+        driver.check()
+    except StorageFull as exc:
+        # Pulls can still be served; pushes get 507 until space is freed.
+        log.warning("starting with storage that cannot take writes: %s", exc)
     registry = Registry(driver)
     auth_middleware, token_server = build_auth(settings)
     app = falcon.App(

@@ -9,7 +9,7 @@ import logging
 import falcon
 
 from errors import RegistryError, Unavailable
-from storage.driver import StorageError
+from storage.driver import StorageError, StorageFull
 
 log = logging.getLogger("berth.errors")
 
@@ -54,6 +54,12 @@ def handle_storage_error(req, resp, exc: StorageError, params) -> None:
     _render(resp, err.status, err.body(), {"Retry-After": "1"})
 
 
+def handle_storage_full(req, resp, exc: StorageFull, params) -> None:
+    # Expected in operation (a disk fills up): one line, no traceback. Reads keep working.
+    log.error("storage full on %s %s: %s", req.method, req.path, exc)
+    _render(resp, 507, {"errors": [{"code": "UNAVAILABLE", "message": "storage is full"}]}, {})
+
+
 def handle_unexpected(req, resp, exc: Exception, params) -> None:
     log.exception("unhandled error on %s %s", req.method, req.path)
     _render(resp, 500, {"errors": [{"code": "UNKNOWN", "message": "internal server error"}]}, {})
@@ -64,4 +70,5 @@ def register(app: falcon.App) -> None:
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(falcon.HTTPError, handle_http_error)
     app.add_error_handler(StorageError, handle_storage_error)
+    app.add_error_handler(StorageFull, handle_storage_full)
     app.add_error_handler(RegistryError, handle_registry_error)

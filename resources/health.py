@@ -9,7 +9,7 @@ import logging
 
 import falcon
 
-from storage.driver import StorageDriver, StorageError
+from storage.driver import StorageDriver, StorageError, StorageFull
 
 log = logging.getLogger("berth.health")
 
@@ -27,7 +27,9 @@ class Liveness:
 
 
 class Readiness:
-    """`GET /readyz`: storage answers (send traffic elsewhere while it does not)."""
+    """`GET /readyz`: whether this instance can serve. 200 while storage answers, also when it
+    cannot take writes (a full disk): pulls still work and must keep coming, so the body says
+    which (`"writable": false`) rather than the status. 503 only when storage cannot be read."""
 
     scope = "public"
 
@@ -36,13 +38,23 @@ class Readiness:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.content_type = "application/json"
+        writable = True
         try:
-            self._driver.check()
+            try:
+                self._driver.check()
+            except StorageFull as exc:
+                log.warning("storage cannot take writes: %s", exc)
+                writable = False
+                self._driver.exists(READ_PROBE)  # but can it still be read?
         except StorageError as exc:
             log.warning("not ready: %s", exc)
             resp.status = falcon.HTTP_503
             resp.data = json.dumps({"status": "unavailable", "storage": "error"}).encode()
             return
-        resp.data = b'{"status": "ok", "storage": "ok"}'
+        resp.data = json.dumps({"status": "ok", "storage": "ok", "writable": writable}).encode()
 
     on_head = on_get
+
+
+# A key that is never written: looking it up proves storage answers reads, and changes nothing.
+READ_PROBE = "repositories/_readiness-probe"

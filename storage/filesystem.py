@@ -9,7 +9,7 @@ import secrets
 import shutil
 import stat
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,26 @@ from storage.driver import (
     ObjectNotFound,
     StorageDriver,
     StorageError,
+    StorageFull,
 )
 
 TMP_PREFIX = ".tmp-"
 READ_BLOCK = 1024 * 1024
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextmanager
+def write_errors(what: str) -> Iterator[None]:
+    """A write's OSError as a storage error: a full disk (or quota) is StorageFull, which the API
+    answers with 507 and logs without a traceback; anything else is a plain StorageError."""
+    try:
+        yield
+    except (FileNotFoundError, NotADirectoryError):
+        raise  # the callers' own handling (a missing parent, a lock without its upload)
+    except OSError as exc:
+        if exc.errno in _FULL:
+            raise StorageFull(f"no space left on the device while writing {what}") from None
+        raise StorageError(f"cannot write {what}: {exc.strerror or exc}") from exc
 
 
 def in_directory(directory: Path, action) -> None:
@@ -74,38 +90,45 @@ class FilesystemAppendWriter(AppendWriter):
     def __init__(self, driver: FilesystemDriver, key: str, resume: dict[str, Any] | None) -> None:
         self._driver = driver
         self._path = driver.path(key)
+        self._key = key
         self._fresh = resume is None
         if resume is None:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self._path, "wb")
+            with write_errors(key):
+                self._path.parent.mkdir(parents=True, exist_ok=True)
+                self._fh = open(self._path, "wb", buffering=0)
             self._size = 0
         else:
             size = resume.get("size")
             if not isinstance(size, int) or size < 0:
                 raise StorageError("corrupt upload writer state")
             try:
-                self._fh = open(self._path, "r+b")
+                self._fh = open(self._path, "r+b", buffering=0)
             except FileNotFoundError:
                 raise ObjectNotFound(key) from None
             # Drop whatever a request that died mid-way appended after the last saved state.
-            self._fh.truncate(size)
+            with write_errors(key):
+                self._fh.truncate(size)
             self._fh.seek(size)
             self._size = size
+        self._saved_size = self._size
 
     @property
     def size(self) -> int:
         return self._size
 
-    def write(self, data: bytes) -> None:
-        self._fh.write(data)
+    def write(self, data: bytes | memoryview) -> None:
+        # Unbuffered: the bytes go straight from the request's buffer to the file, and a failed
+        # write leaves nothing in a Python buffer that a later close() would still write out.
+        view = memoryview(data)
+        with write_errors(self._key):
+            while view:
+                view = view[self._fh.write(view) :]
         self._size += len(data)
 
     def state(self) -> dict[str, Any]:
-        self._fh.flush()
         return {"size": self._size}
 
     def read_back(self) -> Iterator[bytes]:
-        self._fh.flush()
         with open(self._path, "rb") as fh:
             remaining = self._size
             while remaining > 0:
@@ -116,22 +139,27 @@ class FilesystemAppendWriter(AppendWriter):
                 yield chunk
 
     def commit(self, final_key: str) -> None:
-        self._fh.flush()
-        self._fh.truncate(self._size)
-        self._fh.close()
-        target = self._driver.path(final_key)
-        in_directory(target.parent, lambda: os.replace(self._path, target))
+        with write_errors(final_key):
+            self._fh.truncate(self._size)
+            self._fh.close()
+            target = self._driver.path(final_key)
+            in_directory(target.parent, lambda: os.replace(self._path, target))
 
     def abort(self) -> None:
         self._fh.close()
         self._path.unlink(missing_ok=True)
 
     def abandon(self) -> None:
-        # A resumed file is cut back to its saved size by the next writer; a fresh one has no
-        # saved state to keep.
-        self._fh.close()
+        # Back to the saved state at once: the failed request's tail would otherwise hold its
+        # disk space until the upload continues (and a full disk would stay full). A fresh file
+        # has no saved state to keep.
         if self._fresh:
+            self._fh.close()
             self._path.unlink(missing_ok=True)
+            return
+        with suppress(OSError):  # if this fails, the next writer resumed from the state truncates
+            os.ftruncate(self._fh.fileno(), self._saved_size)
+        self._fh.close()
 
 
 class FilesystemDriver(StorageDriver):
@@ -159,8 +187,9 @@ class FilesystemDriver(StorageDriver):
                 fh.write(data)
 
         try:
-            in_directory(target.parent, write)
-            os.replace(tmp, target)
+            with write_errors(key):
+                in_directory(target.parent, write)
+                os.replace(tmp, target)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -223,7 +252,8 @@ class FilesystemDriver(StorageDriver):
     def exclusive(self, key: str) -> Iterator[None]:
         path = self.path(key)
         try:
-            fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+            with write_errors(key):
+                fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
         except (FileNotFoundError, NotADirectoryError):
             # Locks live beside what they protect: no parent, nothing to lock.
             raise ObjectNotFound(key) from None
@@ -241,8 +271,12 @@ class FilesystemDriver(StorageDriver):
     def check(self) -> None:
         probe = self.root / f"{TMP_PREFIX}probe-{secrets.token_hex(4)}"
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            probe.write_bytes(b"ok")
-            probe.unlink()
-        except OSError as exc:
-            raise StorageError(f"data directory {self.root} is not writable: {exc}") from exc
+            with write_errors(f"the data directory {self.root}"):
+                self.root.mkdir(parents=True, exist_ok=True)
+                probe.write_bytes(b"ok")
+        except FileNotFoundError as exc:
+            raise StorageError(f"data directory {self.root} is not usable: {exc}") from exc
+        finally:
+            # Also when the write failed half way (a full disk creates the file, then fails).
+            with suppress(FileNotFoundError, NotADirectoryError):
+                probe.unlink()
