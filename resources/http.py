@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from urllib.parse import quote
 
 from errors import BlobUploadInvalid, RangeInvalid, SizeInvalid, Unsupported
 from serving.body import BodyError
@@ -115,22 +117,33 @@ def _unsatisfiable(size: int) -> RangeInvalid:
     )
 
 
-def paginate(items: list[str], req, path: str) -> tuple[list[str], str | None]:
-    """`n` and `last` pagination over sorted `items`; returns the page and a Link header."""
-    last = req.get_param("last")
-    if last:
-        items = [i for i in items if i > last]
+def page_size(req) -> int | None:
+    """The `n` of a paginated listing: None when absent (everything), else a whole number >= 0."""
     raw_n = req.get_param("n")
     if raw_n is None or raw_n == "":
-        return items, None
+        return None
     try:
         n = int(raw_n)
     except ValueError:
         raise Unsupported("n must be a whole number", status=400, detail={"n": raw_n}) from None
     if n < 0:
         raise Unsupported("n must not be negative", status=400, detail={"n": raw_n})
-    page = items[:n]
+    return n
+
+
+def take_page(items: Iterable[str], req, path: str) -> tuple[list[str], str | None]:
+    """`n` and `last` pagination over `items` (sorted, and already after `last` if the caller
+    could skip cheaply); returns the page and a Link header. At most n + 1 items are taken
+    from `items`, so a lazy source costs what the page holds."""
+    last = req.get_param("last")
+    if last:
+        items = (i for i in items if i > last)
+    n = page_size(req)
+    if n is None:
+        return list(items), None
+    page = list(itertools.islice(items, n + 1))
     link = None
-    if n > 0 and len(items) > n:
-        link = f'<{path}?n={n}&last={page[-1]}>; rel="next"'
-    return page, link
+    if n > 0 and len(page) > n:
+        page = page[:n]
+        link = f'<{path}?n={n}&last={quote(page[-1], safe="/")}>; rel="next"'
+    return page[:n], link

@@ -6,7 +6,7 @@ import json
 
 import falcon
 
-from resources.http import paginate
+from resources.http import take_page
 from storage.digests import Digest, validate_name
 from storage.manifest_format import OCI_INDEX
 from storage.registry import Registry
@@ -25,7 +25,7 @@ class Tags:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         tags = self._registry.manifests.tags(validate_name(name))
-        page, link = paginate(tags, req, f"/v2/{name}/tags/list")
+        page, link = take_page(tags, req, f"/v2/{name}/tags/list")
         if link:
             resp.set_header("Link", link)
         _json(resp, {"name": name, "tags": page})
@@ -38,7 +38,8 @@ class Catalog:
         self._registry = registry
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        page, link = paginate(self._registry.repositories(), req, "/v2/_catalog")
+        repositories = self._registry.repositories(after=req.get_param("last") or None)
+        page, link = take_page(repositories, req, "/v2/_catalog")
         if link:
             resp.set_header("Link", link)
         _json(resp, {"repositories": page})

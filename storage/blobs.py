@@ -20,11 +20,14 @@ class BlobStore:
     def __init__(self, driver: StorageDriver) -> None:
         self._driver = driver
 
-    def is_linked(self, name: str, digest: Digest) -> bool:
-        # Manifests are blobs too: the blob routes serve them like distribution does.
-        return self._driver.exists(paths.layer_link(name, digest)) or self._driver.exists(
-            paths.manifest_link(name, digest)
-        )
+    def is_linked(self, name: str, digest: Digest, as_manifest: bool = False) -> bool:
+        """Whether `name` holds the blob, as a layer or as a manifest (manifests are blobs too:
+        the blob routes serve them like distribution does). `as_manifest` looks for a manifest
+        first, for callers that expect one."""
+        links = (paths.layer_link(name, digest), paths.manifest_link(name, digest))
+        if as_manifest:
+            links = links[::-1]
+        return any(self._driver.exists(link) for link in links)
 
     def stat(self, name: str, digest: Digest) -> BlobInfo:
         if not self.is_linked(name, digest):

@@ -18,6 +18,9 @@ DOCKER_SCHEMA1 = (
     "application/vnd.docker.distribution.manifest.v1+json",
     "application/vnd.docker.distribution.manifest.v1+prettyjws",
 )
+# Far beyond any real image (docker caps layers at 127) or index (a few dozen platforms and
+# attestations), and small enough that checking every reference stays quick.
+MAX_DESCRIPTORS = 4096
 IMAGE_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
 MANIFEST_TYPES = IMAGE_TYPES | INDEX_TYPES
@@ -83,6 +86,14 @@ def _media_type(doc: dict[str, Any], content_type: str | None) -> str:
     return media_type
 
 
+def _check_count(count: int, what: str) -> None:
+    if count > MAX_DESCRIPTORS:
+        raise ManifestInvalid(
+            f"too many {what}: at most {MAX_DESCRIPTORS} are accepted",
+            detail={what: count, "limit": MAX_DESCRIPTORS},
+        )
+
+
 def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
     try:
         doc = json.loads(body)
@@ -110,6 +121,7 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
         manifests = doc.get("manifests")
         if not isinstance(manifests, list):
             raise ManifestInvalid("an index needs a manifests list")
+        _check_count(len(manifests), "manifests")
         if "config" in doc or "layers" in doc:
             raise ManifestInvalid("an index has no config or layers")
         children = [_descriptor(m, f"manifests[{i}]") for i, m in enumerate(manifests)]
@@ -128,6 +140,7 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
     layers = doc.get("layers")
     if not isinstance(layers, list):
         raise ManifestInvalid("an image manifest needs a layers list")
+    _check_count(len(layers), "layers")
     blobs = [config] + [_descriptor(layer, f"layers[{i}]") for i, layer in enumerate(layers)]
     return ParsedManifest(
         media_type,

@@ -108,13 +108,16 @@ class ManifestStore:
         return PutResult(digest, manifest.subject.digest if manifest.subject else None, tags)
 
     def _check_references(self, name: str, manifest: ParsedManifest) -> None:
+        """Every blob and child the manifest names must be in this repository. Each distinct
+        digest is looked up once (an index may repeat a child thousands of times), children as
+        manifests first and blobs as layers first, so most cost one storage request."""
         missing = []
-        for desc in manifest.blobs:
-            if not desc.external and not self._blobs.is_linked(name, desc.digest):
-                missing.append(str(desc.digest))
-        for desc in manifest.children:
-            if not self._blobs.is_linked(name, desc.digest):
-                missing.append(str(desc.digest))
+        for digest in dict.fromkeys(d.digest for d in manifest.blobs if not d.external):
+            if not self._blobs.is_linked(name, digest):
+                missing.append(str(digest))
+        for digest in dict.fromkeys(d.digest for d in manifest.children):
+            if not self._blobs.is_linked(name, digest, as_manifest=True):
+                missing.append(str(digest))
         if missing:
             raise ManifestBlobUnknown(detail={"digests": missing})
 

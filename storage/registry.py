@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Iterator
+
 from storage import paths
 from storage.blobs import BlobStore
 from storage.driver import StorageDriver
@@ -16,17 +19,34 @@ class Registry:
         self.uploads = UploadService(driver, self.blobs)
         self.manifests = ManifestStore(driver, self.blobs)
 
-    def repositories(self) -> list[str]:
-        """Every repository holding at least one manifest, sorted."""
-        found: list[str] = []
-        pending = [""]
+    def repositories(self, after: str | None = None) -> Iterator[str]:
+        """Every repository holding at least one manifest, in sorted order, after `after`.
+
+        Lazy, so a page of the catalog costs what it returns: the walk lists one directory
+        (prefix) per name it passes and stops when the caller stops asking. Names come out
+        sorted because pending names wait in a heap: a name is listed only when it is the
+        smallest pending one, and everything listing it adds (`name/child`) sorts after it.
+        Subtrees that hold only names up to `after` are never listed."""
+        pending = [c for c in self._namespace_children(paths.REPOSITORIES) if _may_follow(c, after)]
+        heapq.heapify(pending)
         while pending:
-            name = pending.pop()
-            prefix = paths.repository(name) if name else paths.REPOSITORIES
-            for child in self.driver.list_children(prefix):
-                if child == "_manifests" and name:
-                    if self.driver.list_children(f"{prefix}/_manifests"):
-                        found.append(name)
-                elif not child.startswith("_"):
-                    pending.append(f"{name}/{child}" if name else child)
-        return sorted(found)
+            name = heapq.heappop(pending)
+            prefix = paths.repository(name)
+            children = self.driver.list_children(prefix)
+            # (An emptied _manifests directory may linger on local disk until it is pruned.)
+            wanted = after is None or name > after
+            if wanted and "_manifests" in children and self.driver.list_children(f"{prefix}/_manifests"):
+                yield name
+            for child in children:
+                if not child.startswith("_") and _may_follow(f"{name}/{child}", after):
+                    heapq.heappush(pending, f"{name}/{child}")
+
+    def _namespace_children(self, prefix: str) -> list[str]:
+        return [c for c in self.driver.list_children(prefix) if not c.startswith("_")]
+
+
+def _may_follow(name: str, after: str | None) -> bool:
+    """Whether `name` or a repository under it (`name/...`) sorts after `after`."""
+    if after is None:
+        return True
+    return name + "/" > after or after.startswith(name + "/")
