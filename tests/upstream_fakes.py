@@ -9,7 +9,13 @@ a thread of the test process (so tests can count and inspect what reached it):
 - `TokenGate` puts Docker's Bearer token flow in front of any registry: its `/v2/` and content
   routes answer 401 with a Bearer challenge, its `/token` realm issues tokens (OAuth2 POST form
   and GET with Basic), and it forwards authorised reads to the registry behind it. Blob GETs are
-  redirected to a second port ("storage"), which must never see an Authorization header.
+  redirected to a second port ("storage"), which must never see an Authorization header;
+- `Redirector` sends every content request to another origin;
+- `registry(routes)` is an anonymous upstream answering from a route table, and `endless()` /
+  `trickle()` make bodies that never end or arrive a byte at a time (each capped, so that code
+  without bounds fails a test instead of hanging it).
+
+`pull_through_app` builds a Berth app (filesystem storage) pulling through given entries.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -35,6 +41,7 @@ from tests.conftest import Api, make_settings
 from upstream.config import UpstreamSettings, parse_registries
 
 Body = bytes | Iterable[bytes]
+MiB = 1024 * 1024
 Handler = Callable[[str, str, dict, dict[str, str], bytes], tuple[int, dict[str, str], Body]]
 _CONTENT = re.compile(r"^/v2/(.+)/(manifests|blobs)/([^/]+)$")
 
@@ -309,3 +316,33 @@ class Redirector(HttpServer):
         if path == "/v2/":
             return _json(200, {})
         return self.status, {"Location": f"{self.target}{path}?X-Amz-Signature=s3cr3t-sig"}, b""
+
+
+def endless(piece: bytes = b" " * 65536, cap: int = 256 * MiB) -> Iterator[bytes]:
+    """A body that does not end (for code that reads it all, it ends at `cap`)."""
+    for _ in range(cap // len(piece)):
+        yield piece
+
+
+def trickle(data: bytes, every: float, give_up: float = 8.0) -> Iterator[bytes]:
+    """`data` a byte at a time, each well within the read timeout; stops after `give_up`
+    seconds so that code without a deadline fails the test instead of hanging it."""
+    ends = time.monotonic() + give_up
+    for i in range(len(data)):
+        if time.monotonic() > ends:
+            return
+        yield data[i : i + 1]
+        time.sleep(every)
+
+
+def registry(routes: dict[str, object]) -> HttpServer:
+    """An anonymous upstream: /v2/ answers 200 unless routes say otherwise; routes map a path
+    (or "HEAD <path>") to (status, headers, body)."""
+
+    def handle(method, path, query, headers, body):
+        found = routes.get(f"{method} {path}") or routes.get(path)
+        if found is None:
+            return (200, {}, b"") if path == "/v2/" else (404, {}, b'{"errors": []}')
+        return found() if callable(found) else found
+
+    return HttpServer(handle)

@@ -24,32 +24,47 @@ class BodyRefused(HTTPError):
 
 
 class Deadline:
-    """Shuts a response's connection down once `seconds` have passed, which ends any read
-    waiting on it (a trickling body included) with an error. `stop()` must be called before
-    the connection can be reused: a watchdog must never cut another request's connection.
+    """Shuts a response's connection down once `seconds` have passed (or the later end that
+    `extend_to` set), which ends any read waiting on it, a trickling body's included, with an
+    error. `stop()` must be called before the connection can be reused: a watchdog must never
+    cut another request's connection.
 
     A timer rather than shorter socket timeouts: one read of N bytes is many recv() calls, each
     allowed the full read timeout. Under gevent the timer is a greenlet (threading is patched)."""
 
     def __init__(self, response: urllib3.BaseHTTPResponse, seconds: float) -> None:
-        self.seconds = seconds
         self.expired = False
         self._response = response
-        self._ends = time.monotonic() + seconds
+        self._start = time.monotonic()
+        self._ends = self._start + seconds
         self._lock = threading.Lock()
         self._stopped = False
-        self._timer = threading.Timer(seconds, self._cut)
+        self._arm(seconds)
+
+    def _arm(self, seconds: float) -> None:
+        self._timer = threading.Timer(seconds, self._fire)
         self._timer.daemon = True
         self._timer.start()
 
-    def _cut(self) -> None:
+    def _fire(self) -> None:
         with self._lock:  # so stop() returns only once no shutdown can follow
             if self._stopped:
+                return
+            left = self._ends - time.monotonic()
+            if left > 0:
+                self._arm(left)  # extended meanwhile
                 return
             self.expired = True
             # Already closed, or released to the pool: then there is nothing left to cut.
             with contextlib.suppress(ValueError, RuntimeError, OSError):
                 self._response.shutdown()
+
+    def extend_to(self, seconds: float) -> None:
+        """Move the end to `seconds` after the start (never earlier than it is)."""
+        self._ends = max(self._ends, self._start + seconds)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self._start
 
     def passed(self) -> bool:
         return self.expired or time.monotonic() >= self._ends

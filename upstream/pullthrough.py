@@ -195,7 +195,7 @@ class PullThrough:
                 digest,
                 size,
                 limit,
-                self._settings.body_seconds(limit),
+                self._settings,
             )
             return PulledBlob(size, relay)
         raise _miss(BlobUnknown(detail={"digest": str(digest)}), failed)

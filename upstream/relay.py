@@ -8,9 +8,12 @@ already stored, written to a fresh staging object), within a size limit and a de
   still send those bytes (the relay hashes them without storing a second copy) before the
   stored copy is linked here. An upstream's word (a HEAD, a header) never opens a blob.
 - The size limit is the upstream's Content-Length (the body must be exactly that long), or
-  REGISTRY_UPSTREAM_MAX_BLOB_BYTES without one. The deadline is READ_TIMEOUT + limit /
-  REGISTRY_UPSTREAM_MIN_RATE from the answer's headers: per-read timeouts alone let a body
-  trickle forever.
+  REGISTRY_UPSTREAM_MAX_BLOB_BYTES without one. The transfer must keep up an average of
+  REGISTRY_UPSTREAM_MIN_RATE after READ_TIMEOUT seconds of grace, counting the chunk being read
+  (so a steady transfer at that rate always passes): received + CHUNK bytes within READ_TIMEOUT
+  + (received + CHUNK) / MIN_RATE seconds of the headers, and the whole body within READ_TIMEOUT
+  + limit / MIN_RATE. Per-read timeouts alone let a body trickle forever; a deadline from the
+  size alone would give a body of unknown size (limited by MAX_BLOB_BYTES) hours.
 - Whatever goes wrong (bad digest, too long, too slow, upstream broke off), the copy is
   discarded, the reason logged once, and the client's connection cut (RelayAborted).
 """
@@ -31,6 +34,7 @@ from storage.digests import Digest
 from storage.driver import AppendWriter
 from storage.registry import Registry
 from upstream.bodies import Deadline
+from upstream.config import UpstreamSettings
 
 log = logging.getLogger("berth.upstream")
 
@@ -65,7 +69,7 @@ class BlobRelay:
         digest: Digest,
         size: int | None,
         limit: int,
-        seconds: float,
+        settings: UpstreamSettings,
     ) -> None:
         self._registry = registry
         self._source = source
@@ -74,7 +78,7 @@ class BlobRelay:
         self._digest = digest
         self._size = size  # the upstream's Content-Length, if it sent one
         self._limit = limit  # == size when known
-        self._seconds = seconds
+        self._settings = settings
         self._chunks = self._relay()
 
     def __iter__(self) -> Iterator[bytes]:
@@ -91,7 +95,7 @@ class BlobRelay:
         stored = self._registry.blobs.exists_anywhere(self._digest)
         writer: AppendWriter | None = None if stored else driver.append_writer(paths.upload_data(upload_id))
         hasher = hashlib.new(self._digest.algorithm)
-        deadline = Deadline(self._response, self._seconds)
+        deadline = Deadline(self._response, self._allowed(0))
         received = 0
         finished = False
         try:
@@ -102,7 +106,8 @@ class BlobRelay:
                     if received > self._limit:
                         self._abort(f"sent more than {self._limit} bytes", received)
                     if deadline.passed():
-                        self._abort(f"took longer than {self._seconds:.0f} s", received)
+                        self._abort(self._too_slow(deadline), received)
+                    deadline.extend_to(self._allowed(received))
                     hasher.update(chunk)
                     if writer is not None:
                         writer.write(chunk)
@@ -110,10 +115,7 @@ class BlobRelay:
                         yield held
                     held = chunk
             except HTTPError as exc:
-                reason = (
-                    f"took longer than {self._seconds:.0f} s" if deadline.expired else f"broke off: {exc}"
-                )
-                self._abort(reason, received)
+                self._abort(self._too_slow(deadline) if deadline.expired else f"broke off: {exc}", received)
             deadline.stop()  # before the connection may be reused
             self._response.release_conn()
             self._verify(hasher, received)
@@ -133,6 +135,14 @@ class BlobRelay:
                     writer.abort()
             if writer is not None:
                 driver.delete_prefix(paths.upload_dir(upload_id))
+
+    def _allowed(self, received: int) -> float:
+        """Seconds the transfer may have taken once `received` bytes are in, the chunk being
+        read included."""
+        return self._settings.body_seconds(min(self._limit, received + CHUNK))
+
+    def _too_slow(self, deadline: Deadline) -> str:
+        return f"was slower than {self._settings.min_rate} bytes/s ({deadline.elapsed():.1f} s)"
 
     def _verify(self, hasher, received: int) -> None:
         actual = Digest(self._digest.algorithm, hasher.hexdigest())
