@@ -57,7 +57,8 @@ class UpstreamClient:
         self, method: str, name: str, path: str, headers: dict[str, str] | None = None
     ) -> urllib3.BaseHTTPResponse:
         """`method /v2/<upstream name of name>/<path>`, authenticated. The body is not read:
-        the caller streams it and must `discard()` or `close()` the response."""
+        the caller reads it within bounds (bodies.py) and must `discard()` or `close()` the
+        response."""
         remote = self.registry.remote_name(name)
         url = f"{self.registry.base_url}/v2/{remote}/{path}"
         scope = f"repository:{remote}:pull"
