@@ -13,16 +13,18 @@ import pytest
 from falcon import testing
 
 from app import create_app
-from settings import S3Settings
+from settings import S3Settings, TokenSettings
 from storage import driver_from_settings, paths
 from storage.digests import Digest
 from tests.conftest import OCI_MANIFEST, RW_PASS, RW_USER, Api, basic, make_settings, sha256
-from tests.upstream_fakes import StaticRegistry, TokenGate
+from tests.jwt_keys import keypair, mint
+from tests.upstream_fakes import HttpServer, StaticRegistry, TokenGate
 from upstream.config import UpstreamSettings, parse_registries
 from upstream.pullthrough import UpstreamBlobCorrupt
 
 USERS = {"puller": "pull-s3cret"}
 REPO = "team/app"
+PRIVATE_KEY, PUBLIC_KEY = keypair("EC")
 
 
 def _image(upstream: StaticRegistry, name: str = REPO, tag: str = "v1", layer_size: int = 2048):
@@ -65,15 +67,18 @@ def _entries(*servers_or_urls, credentials: bool = True) -> list[dict]:
 def backend(request, tmp_path):
     """Builds a Berth app (and a driver over the same storage, to inspect it) for upstreams."""
 
-    def build(entries: list[dict], read_timeout: float = 5.0):
+    def build(entries: list[dict], read_timeout: float = 5.0, **overrides):
         upstream = UpstreamSettings(
             parse_registries(json.dumps(entries), {"UPSTREAM_PASSWORD": USERS["puller"]}),
             connect_timeout=1.0,
             read_timeout=read_timeout,
         )
-        extra = {}
+        extra = dict(overrides)
         if request.param == "s3":
-            extra = {"storage": "s3", "s3": S3Settings(bucket="berth-test", region="us-east-1", prefix="reg")}
+            extra |= {
+                "storage": "s3",
+                "s3": S3Settings(bucket="berth-test", region="us-east-1", prefix="reg"),
+            }
         settings = make_settings(tmp_path / "data", upstream=upstream, **extra)
         app = create_app(settings)
         return Api(testing.TestClient(app), tmp_path / "data"), app, driver_from_settings(settings)
@@ -90,14 +95,14 @@ def upstream():
     server.stop()
 
 
-def _wsgi_get(app, path: str):
+def _wsgi_get(app, path: str, headers: dict[str, str] | None = None):
     """Call the app as a WSGI server would; returns (status, headers, the response iterable)."""
     seen = {}
 
     def start_response(status, headers, exc_info=None):
         seen["status"], seen["headers"] = status, {k.lower(): v for k, v in headers}
 
-    env = testing.create_environ(path=path, headers=basic(RW_USER, RW_PASS))
+    env = testing.create_environ(path=path, headers=headers or basic(RW_USER, RW_PASS))
     result = app(env, start_response)
     return seen["status"], seen["headers"], result
 
@@ -234,7 +239,11 @@ def test_bearer_upstream_redirects_without_leaking_authorization(backend):
     gate = TokenGate(origin.url, USERS)
     try:
         digest, body, blobs = _image(origin)
-        api, _, _ = backend(_entries(gate))
+        # The gate's "storage" is another port of 127.0.0.1: allowed only because the entry
+        # names it and allows private addresses.
+        entry = _entries(gate)[0]
+        entry.update(redirect_hosts=[gate.storage.url.removeprefix("http://")], allow_private_redirects=True)
+        api, _, _ = backend([entry])
         assert api.request("GET", f"/v2/{REPO}/manifests/{digest}").content == body
         for blob_digest, data in blobs.items():
             r = api.request("GET", f"/v2/{REPO}/blobs/{blob_digest}")
@@ -279,3 +288,99 @@ def test_without_upstreams_nothing_changes(tmp_path: Path):
     api = Api(testing.TestClient(create_app(settings)), tmp_path / "data")
     assert api.request("GET", f"/v2/{REPO}/manifests/v1").status_code == 404
     assert api.request("HEAD", f"/v2/{REPO}/blobs/{sha256(b'x')}").status_code == 404
+
+
+# -- another repository's bytes -------------------------------------------------------------
+
+
+def _catchall_caller() -> dict[str, str]:
+    """A token that may pull only catchall/* (what a pull-through-only grant looks like)."""
+    access = [{"type": "repository", "name": "catchall/*", "actions": ["pull"]}]
+    return {"Authorization": f"Bearer {mint(PRIVATE_KEY, sub='mirror-user', access=access)}"}
+
+
+def _claims_every_blob(size: int, get: str) -> HttpServer:
+    """An upstream that answers every blob HEAD with 200 (whatever the digest) and then, on the
+    GET, either has nothing (404) or sends other bytes of the claimed size."""
+
+    def handle(method, path, query, headers, body):
+        if path == "/v2/":
+            return 200, {}, b""
+        digest = path.rsplit("/", 1)[-1]
+        if method == "HEAD":
+            return 200, {"Content-Length": str(size), "Docker-Content-Digest": digest}, b""
+        if get == "404":
+            return 404, {"Content-Type": "application/json"}, b'{"errors": [{"code": "BLOB_UNKNOWN"}]}'
+        return 200, {"Docker-Content-Digest": digest}, os.urandom(size)
+
+    return HttpServer(handle)
+
+
+@pytest.mark.parametrize("get", ["404", "other bytes"])
+def test_upstream_claims_never_open_another_repositorys_blob(backend, get):
+    secret = os.urandom(3 * 1024 * 1024 + 5)
+    liar = _claims_every_blob(len(secret), get)
+    try:
+        api, app, driver = backend(
+            _entries(liar.url, credentials=False), tokens=TokenSettings(public_key=PUBLIC_KEY)
+        )
+        digest = api.push_blob("private/app", secret)  # pushed by the read-write user
+        key = Digest.parse(digest)
+        caller = _catchall_caller()
+        assert api.request("GET", f"/v2/private/app/blobs/{digest}", headers=caller).status_code == 403
+
+        status, _headers, result = _wsgi_get(app, f"/v2/catchall/x/blobs/{digest}", caller)
+        received = b""
+        if get == "404":
+            assert status.startswith("404")
+            received = b"".join(result)
+        else:
+            assert status.startswith("200")
+            with pytest.raises(UpstreamBlobCorrupt):
+                for chunk in result:
+                    received += chunk
+        if hasattr(result, "close"):
+            result.close()
+        assert secret[:4096] not in received
+        assert not driver.exists(paths.layer_link("catchall/x", key))
+        assert _nothing_staged(driver)
+        assert driver.read_bytes(paths.blob_data(key)) == secret  # the stored copy is untouched
+
+        # A HEAD answers with the upstream's claim (it says nothing about our bytes) and links
+        # nothing, so the next GET still goes upstream and still misses.
+        r = api.request("HEAD", f"/v2/catchall/x/blobs/{digest}", headers=caller)
+        assert (r.status_code, int(r.headers["Content-Length"])) == (200, len(secret))
+        assert not driver.exists(paths.layer_link("catchall/x", key))
+        if get == "404":
+            r = api.request("GET", f"/v2/catchall/x/blobs/{digest}", headers=caller)
+            assert (r.status_code, r.json["errors"][0]["code"]) == (404, "BLOB_UNKNOWN")
+        else:
+            with pytest.raises(UpstreamBlobCorrupt):
+                api.request("GET", f"/v2/catchall/x/blobs/{digest}", headers=caller)
+        assert not driver.exists(paths.layer_link("catchall/x", key))
+    finally:
+        liar.stop()
+
+
+def test_upstream_with_the_same_blob_links_the_stored_copy(backend, upstream):
+    shared = os.urandom(2 * 1024 * 1024 + 1)
+    digest = upstream.add_blob("catchall/x", shared)
+    api, _, driver = backend(_entries(upstream), tokens=TokenSettings(public_key=PUBLIC_KEY))
+    assert api.push_blob("private/app", shared) == digest
+    key = Digest.parse(digest)
+    caller = _catchall_caller()
+
+    r = api.request("HEAD", f"/v2/catchall/x/blobs/{digest}", headers=caller)
+    assert (r.status_code, int(r.headers["Content-Length"])) == (200, len(shared))
+    assert not driver.exists(paths.layer_link("catchall/x", key))
+    r = api.request("GET", f"/v2/catchall/x/blobs/{digest}", headers=caller)
+    assert (r.status_code, r.content) == (200, shared)
+    assert int(r.headers["Content-Length"]) == len(shared)
+    assert driver.exists(paths.layer_link("catchall/x", key))
+    assert _nothing_staged(driver)
+    fetched = [p for m, p, _ in upstream.requests if m == "GET" and "/blobs/" in p]
+    assert fetched == [f"/v2/catchall/x/blobs/{digest}"]  # the upstream proved it has the bytes
+
+    upstream.stop()  # linked: served locally from now on
+    r = api.request("GET", f"/v2/catchall/x/blobs/{digest}", headers=caller)
+    assert (r.status_code, r.content) == (200, shared)

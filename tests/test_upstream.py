@@ -6,16 +6,15 @@ from __future__ import annotations
 import json
 
 import pytest
-import urllib3
 
 from settings import Settings, SettingsError
 from tests.upstream_fakes import StaticRegistry, TokenGate
-from upstream.client import UpstreamClient, UpstreamUnavailable, new_pool
-from upstream.config import UpstreamConfigError, parse_registries
+from upstream.client import UpstreamClient, UpstreamUnavailable, new_pools
+from upstream.config import UpstreamConfigError, UpstreamSettings, parse_registries
 from upstream.tokens import Challenge, TokenCache, parse_challenges
 
 USERS = {"puller": "pull-s3cret"}
-TIMEOUT = urllib3.Timeout(connect=2, read=5)
+SETTINGS = UpstreamSettings(connect_timeout=2, read_timeout=5)
 
 # -- configuration ---------------------------------------------------------------------------
 
@@ -128,7 +127,7 @@ def _client(url: str, username: str | None = "puller", password: str | None = US
         [{"registry": url, "username": username, "password_env": "P"}] if username else [{"registry": url}]
     )
     (registry,) = parse_registries(raw, {"P": password or ""})
-    return UpstreamClient(registry, new_pool(), TIMEOUT, tokens or TokenCache())
+    return UpstreamClient(registry, new_pools(), SETTINGS, tokens or TokenCache())
 
 
 def _get(client: UpstreamClient, name: str = "team/app", ref: str = "v1") -> int:

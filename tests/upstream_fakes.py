@@ -1,12 +1,21 @@
 """Small upstream registries on 127.0.0.1 for the pull-through tests, each a real HTTP server in
 a thread of the test process (so tests can count and inspect what reached it):
 
+- `HttpServer` answers with whatever a handler returns: a body of bytes, or an iterable of
+  chunks streamed as they come (chunked, unless the handler gives a Content-Length), so a test
+  can play an upstream whose body never ends or trickles;
 - `StaticRegistry` serves manifests and blobs from dicts, optionally behind Basic auth, and can
   corrupt blobs or redirect blob GETs to another origin;
 - `TokenGate` puts Docker's Bearer token flow in front of any registry: its `/v2/` and content
   routes answer 401 with a Bearer challenge, its `/token` realm issues tokens (OAuth2 POST form
   and GET with Basic), and it forwards authorised reads to the registry behind it. Blob GETs are
-  redirected to a second port ("storage"), which must never see an Authorization header.
+  redirected to a second port ("storage"), which must never see an Authorization header;
+- `Redirector` sends every content request to another origin;
+- `registry(routes)` is an anonymous upstream answering from a route table, and `endless()` /
+  `trickle()` make bodies that never end or arrive a byte at a time (each capped, so that code
+  without bounds fails a test instead of hanging it).
+
+`pull_through_app` builds a Berth app (filesystem storage) pulling through given entries.
 """
 
 from __future__ import annotations
@@ -18,13 +27,22 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import requests
+from falcon import testing
 
-Handler = Callable[[str, str, dict, dict[str, str], bytes], tuple[int, dict[str, str], bytes]]
+from app import create_app
+from storage import driver_from_settings, paths
+from storage.digests import Digest
+from tests.conftest import Api, make_settings
+from upstream.config import UpstreamSettings, parse_registries
+
+Body = bytes | Iterable[bytes]
+MiB = 1024 * 1024
+Handler = Callable[[str, str, dict, dict[str, str], bytes], tuple[int, dict[str, str], Body]]
 _CONTENT = re.compile(r"^/v2/(.+)/(manifests|blobs)/([^/]+)$")
 
 
@@ -32,13 +50,37 @@ def sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+def pull_through_app(data_dir, entries: list[dict], env: dict[str, str] | None = None, **upstream):
+    """A Berth app on the filesystem pulling through `entries` (REGISTRIES_JSON as a list),
+    with short timeouts unless `upstream` says otherwise; returns (api, app, driver)."""
+    values = {"connect_timeout": 1.0, "read_timeout": 5.0, **upstream}
+    registries = parse_registries(json.dumps(entries), env or {})
+    settings = make_settings(data_dir, upstream=UpstreamSettings(registries, **values))
+    app = create_app(settings)
+    return Api(testing.TestClient(app), data_dir), app, driver_from_settings(settings)
+
+
+def nothing_stored(driver, name: str, digest: str) -> bool:
+    """No copy, no link and no staging object left for `digest` in repository `name`."""
+    key = Digest.parse(digest)
+    return not (
+        driver.exists(paths.blob_data(key))
+        or driver.exists(paths.layer_link(name, key))
+        or driver.exists(paths.manifest_link(name, key))
+        or driver.list_children(paths.UPLOADS)
+    )
+
+
 class HttpServer:
     """A threaded HTTP/1.1 server on 127.0.0.1 calling `handler(method, path, query, headers,
-    body)`; every request is recorded in `requests` as (method, path, headers)."""
+    body)`; every request is recorded in `requests` as (method, path, headers), and the body
+    bytes it managed to send in `sent` (a streamed body stops when the client goes away)."""
 
     def __init__(self, handler: Handler) -> None:
         self.handler = handler
         self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self.sent = 0
+        self.broken = 0  # streamed bodies cut short by the client
         outer = self
 
         class _H(BaseHTTPRequestHandler):
@@ -55,12 +97,31 @@ class HttpServer:
                 )
                 self.send_response(status)
                 out_headers = dict(out_headers)
-                out_headers.setdefault("Content-Length", str(len(out)))
+                streamed = not isinstance(out, bytes)
+                if not streamed:
+                    out_headers.setdefault("Content-Length", str(len(out)))
+                elif "Content-Length" not in out_headers:
+                    out_headers["Transfer-Encoding"] = "chunked"
                 for k, v in out_headers.items():
                     self.send_header(k, v)
                 self.end_headers()
-                if self.command != "HEAD":
+                if self.command == "HEAD":
+                    return
+                if not streamed:
                     self.wfile.write(out)
+                    outer.sent += len(out)
+                    return
+                chunked = "Transfer-Encoding" in out_headers
+                try:
+                    for piece in out:
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+                        self.wfile.flush()
+                        outer.sent += len(piece)
+                    if chunked:
+                        self.wfile.write(b"0\r\n\r\n")
+                except OSError:
+                    outer.broken += 1
+                    self.close_connection = True
 
             do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 
@@ -240,3 +301,48 @@ class TokenGate(HttpServer):
         self.tokens[token] = (set(scopes.split()), time.monotonic() + self.expires_in)
         doc = {"token": token, "access_token": token, "expires_in": self.expires_in}
         return _json(200, doc)
+
+
+class Redirector(HttpServer):
+    """An upstream that answers /v2/ itself and redirects every content request to the same
+    path on `target` (another origin), with a presigned-looking query."""
+
+    def __init__(self, target: str, status: int = 307) -> None:
+        self.target = target
+        self.status = status
+        super().__init__(self._handle)
+
+    def _handle(self, method, path, query, headers, body):
+        if path == "/v2/":
+            return _json(200, {})
+        return self.status, {"Location": f"{self.target}{path}?X-Amz-Signature=s3cr3t-sig"}, b""
+
+
+def endless(piece: bytes = b" " * 65536, cap: int = 256 * MiB) -> Iterator[bytes]:
+    """A body that does not end (for code that reads it all, it ends at `cap`)."""
+    for _ in range(cap // len(piece)):
+        yield piece
+
+
+def trickle(data: bytes, every: float, give_up: float = 8.0) -> Iterator[bytes]:
+    """`data` a byte at a time, each well within the read timeout; stops after `give_up`
+    seconds so that code without a deadline fails the test instead of hanging it."""
+    ends = time.monotonic() + give_up
+    for i in range(len(data)):
+        if time.monotonic() > ends:
+            return
+        yield data[i : i + 1]
+        time.sleep(every)
+
+
+def registry(routes: dict[str, object]) -> HttpServer:
+    """An anonymous upstream: /v2/ answers 200 unless routes say otherwise; routes map a path
+    (or "HEAD <path>") to (status, headers, body)."""
+
+    def handle(method, path, query, headers, body):
+        found = routes.get(f"{method} {path}") or routes.get(path)
+        if found is None:
+            return (200, {}, b"") if path == "/v2/" else (404, {}, b'{"errors": []}')
+        return found() if callable(found) else found
+
+    return HttpServer(handle)

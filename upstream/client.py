@@ -1,5 +1,6 @@
 """An HTTP client for one upstream registry: authenticates (see tokens.py), follows redirects
-without leaking credentials, and never waits past its timeouts.
+only where the upstream's entry allows (see origins.py) and without leaking credentials, and
+never waits past its timeouts or reads more than it can hold (see bodies.py).
 
 urllib3 rather than requests: it is already installed (boto3 depends on it), cooperates with
 gevent's monkey-patched sockets, and streams bodies with bounded memory.
@@ -7,13 +8,14 @@ gevent's monkey-patched sockets, and streams bodies with bounded memory.
 
 from __future__ import annotations
 
-import logging
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import urllib3
 from urllib3.exceptions import HTTPError
 
-from upstream.config import UpstreamRegistry
+from upstream import bodies
+from upstream.config import UpstreamRegistry, UpstreamSettings
+from upstream.origins import OriginPolicy, Pools, TargetRefused, describe, new_pools, origin_of
 from upstream.tokens import (
     Challenge,
     TokenCache,
@@ -23,40 +25,31 @@ from upstream.tokens import (
     parse_challenges,
 )
 
-log = logging.getLogger("berth.upstream")
-
 MAX_REDIRECTS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _UNKNOWN = Challenge("unknown")  # not pinged yet (None means: no authentication needed)
 
+__all__ = ["UpstreamClient", "UpstreamUnavailable", "new_pools"]
+
 
 class UpstreamUnavailable(Exception):
-    """The upstream could not answer: unreachable, timed out, failing, or refused our login."""
-
-
-def new_pool(connections_per_host: int = 32) -> urllib3.PoolManager:
-    # Under gevent many requests run at once per worker: without a roomy pool urllib3 opens
-    # extra connections, then warns and drops them.
-    return urllib3.PoolManager(num_pools=16, maxsize=connections_per_host, block=False)
-
-
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    default = {"http": 80, "https": 443}.get(parts.scheme)
-    return parts.scheme, (parts.hostname or "").lower(), parts.port or default
+    """The upstream could not answer: unreachable, timed out, failing, refused our login, sent
+    Berth somewhere it may not go, or broke a size or time bound."""
 
 
 class UpstreamClient:
     def __init__(
         self,
         registry: UpstreamRegistry,
-        pool: urllib3.PoolManager,
-        timeout: urllib3.Timeout,
+        pools: Pools,
+        settings: UpstreamSettings,
         tokens: TokenCache,
     ) -> None:
         self.registry = registry
-        self._pool = pool
-        self._timeout = timeout
+        self.settings = settings
+        self._pools = pools
+        self._policy = OriginPolicy(registry, pools)
+        self._timeout = urllib3.Timeout(connect=settings.connect_timeout, read=settings.read_timeout)
         self._tokens = tokens
         self._challenge: Challenge | None = _UNKNOWN
 
@@ -64,7 +57,8 @@ class UpstreamClient:
         self, method: str, name: str, path: str, headers: dict[str, str] | None = None
     ) -> urllib3.BaseHTTPResponse:
         """`method /v2/<upstream name of name>/<path>`, authenticated. The body is not read:
-        the caller streams it and must `discard()` or `close()` the response."""
+        the caller reads it within bounds (bodies.py) and must `discard()` or `close()` the
+        response."""
         remote = self.registry.remote_name(name)
         url = f"{self.registry.base_url}/v2/{remote}/{path}"
         scope = f"repository:{remote}:pull"
@@ -74,13 +68,42 @@ class UpstreamClient:
                 return response
             # The token expired early or was revoked, or the upstream changed its mind about
             # how to authenticate: negotiate again once.
-            discard(response)
+            self.discard(response)
             self._tokens.invalidate(self.registry.base_url, scope)
             return self._send(method, url, headers or {}, self._authorization(scope, renew=True))
         except HTTPError as exc:
             raise UpstreamUnavailable(f"{self.registry.url}: {type(exc).__name__}: {exc}") from None
         except UpstreamAuthError as exc:
             raise UpstreamUnavailable(str(exc)) from None
+
+    # -- bodies ------------------------------------------------------------------------------
+
+    def read_small(self, response: urllib3.BaseHTTPResponse) -> bytes:
+        """A small answer (a token realm's) whole: at most 64 KiB, within its deadline."""
+        limit = bodies.SMALL_BODY_MAX
+        return bodies.read_capped(response, limit, self.settings.body_seconds(limit))
+
+    def discard(self, response: urllib3.BaseHTTPResponse) -> None:
+        bodies.discard(response, self.settings.body_seconds(bodies.SMALL_BODY_MAX))
+
+    def realm_request(
+        self, method: str, url: str, headers: dict[str, str], body: str | None = None
+    ) -> urllib3.BaseHTTPResponse:
+        """A request to a token realm. Redirects are not followed: a realm answers itself, and
+        a POST carrying the password must not be replayed to wherever a Location says."""
+        pool = self._policy.realm_pool(url)
+        return pool.request(
+            method,
+            url,
+            body=body,
+            headers=headers,
+            timeout=self._timeout,
+            retries=False,
+            redirect=False,
+            preload_content=False,
+        )
+
+    # -- authentication ----------------------------------------------------------------------
 
     def _authorization(self, scope: str, renew: bool) -> str | None:
         if renew or self._challenge is _UNKNOWN:
@@ -98,17 +121,15 @@ class UpstreamClient:
             with self._tokens.lock(key, scope):
                 token = None if renew else self._tokens.get(key, scope)  # another greenlet's
                 if token is None:
-                    token, expires_in = fetch_token(
-                        self._pool, self.registry, challenge, scope, self._timeout
-                    )
+                    token, expires_in = fetch_token(self, challenge, scope)
                     self._tokens.put(key, scope, token, expires_in)
         return f"Bearer {token}"
 
     def _ping(self) -> Challenge | None:
-        """How the upstream wants us to authenticate: None (it does not), Basic or Bearer."""
-        response = self._pool.request(
-            "GET", f"{self.registry.base_url}/v2/", timeout=self._timeout, retries=False
-        )
+        """How the upstream wants us to authenticate: None (it does not), Basic or Bearer.
+        Only the status and headers matter: the body is never read beyond a small drain."""
+        response = self._send("GET", f"{self.registry.base_url}/v2/", {}, None)
+        self.discard(response)
         if response.status == 200:
             return None
         if response.status != 401:
@@ -120,17 +141,21 @@ class UpstreamClient:
                     return challenge
         raise UpstreamUnavailable(f"{self.registry.url}: 401 without a Basic or Bearer challenge")
 
+    # -- sending -----------------------------------------------------------------------------
+
     def _send(
         self, method: str, url: str, headers: dict[str, str], authorization: str | None
     ) -> urllib3.BaseHTTPResponse:
-        """Send, following redirects by hand: urllib3 would keep the Authorization header on
-        a redirect to another host (a presigned storage URL must not see our token)."""
-        origin = _origin(url)
+        """Send, following redirects by hand: only where the origin policy allows, and with
+        the Authorization header only while every hop stayed on the upstream's own origin (a
+        presigned storage URL must not see our token)."""
+        pool = self._pools.trusted
+        at_home = True
         for _ in range(MAX_REDIRECTS + 1):
             sent = dict(headers)
-            if authorization is not None and _origin(url) == origin:
+            if authorization is not None and at_home:
                 sent["Authorization"] = authorization
-            response = self._pool.request(
+            response = pool.request(
                 method,
                 url,
                 headers=sent,
@@ -142,23 +167,13 @@ class UpstreamClient:
             location = response.headers.get("Location")
             if response.status not in _REDIRECTS or not location:
                 return response
-            discard(response)
-            url = urljoin(url, location)
-            if _origin(url) != origin:
-                authorization = None  # and it stays off, even if a later hop comes back
-        raise UpstreamUnavailable(f"{self.registry.url}: more than {MAX_REDIRECTS} redirects")
-
-
-def discard(response: urllib3.BaseHTTPResponse) -> None:
-    """Done with a response, whatever is left of its body. The connection goes back to the
-    pool only once the rest is drained (a reused connection with unread bytes would garble the
-    next response), and only a small rest is worth draining: otherwise it is closed."""
-    remaining = getattr(response, "length_remaining", None)  # 0 for HEAD; None if chunked
-    if remaining is not None and remaining <= 65536:
-        try:
-            response.drain_conn()
-            response.release_conn()
-            return
-        except HTTPError:
-            pass
-    response.close()
+            self.discard(response)
+            target = urljoin(url, location)
+            try:
+                pool = self._policy.redirect_pool(url, target)
+            except ValueError:  # a Location urllib cannot even parse (a bad port...)
+                raise TargetRefused(f"{self.registry.url}: unusable redirect Location") from None
+            at_home = at_home and self._policy.is_home(target)
+            url = target
+        where = describe(origin_of(url))
+        raise TargetRefused(f"{self.registry.url}: more than {MAX_REDIRECTS} redirects (last to {where})")

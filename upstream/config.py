@@ -3,16 +3,23 @@
 The format is serverless-registry's, so a configuration moves over unchanged:
 
     [{"registry": "https://registry.example.com/some/prefix",
-      "username": "puller", "password_env": "EXAMPLE_REGISTRY_TOKEN"},
+      "username": "puller", "password_env": "EXAMPLE_REGISTRY_TOKEN",
+      "redirect_hosts": ["*.r2.cloudflarestorage.com"]},
      {"registry": "https://index.docker.io"}]
 
 Credentials never appear in the JSON itself: `password_env` names the variable that holds the
 password or token, so the JSON can sit in a config file or a process listing without leaking.
+
+Berth's own optional keys: `redirect_hosts`, the hosts besides the upstream's own origin that
+its redirects may lead to (object stores, CDNs), and `allow_private_redirects`, which lets those
+hosts (and a token realm on another origin) be on loopback, link-local or private addresses.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -22,11 +29,44 @@ DOCKER_HUB_HOSTS = frozenset(
     {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
 )
 DOCKER_HUB_API = "registry-1.docker.io"
-_KEYS = frozenset({"registry", "username", "password_env"})
+# Where Docker Hub sends blob GETs (its CDNs and its R2 bucket): the redirect hosts of a Docker
+# Hub entry that does not list its own, so the usual `{"registry": "https://index.docker.io"}`
+# keeps working.
+DOCKER_HUB_REDIRECT_HOSTS = (
+    "*.docker.com",
+    "docker-images-prod.6aa30f8b08e16409b46e0173d6de2f56.r2.cloudflarestorage.com",
+)
+_KEYS = frozenset({"registry", "username", "password_env", "redirect_hosts", "allow_private_redirects"})
+_LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
+MiB = 1024 * 1024
+GiB = 1024 * MiB
 
 
 class UpstreamConfigError(ValueError):
     """REGISTRIES_JSON or an upstream setting is malformed (settings.py reports it)."""
+
+
+@dataclass(frozen=True)
+class HostPattern:
+    """One `redirect_hosts` entry: `cdn.example.com`, `*.example.com` (any name below it, at any
+    depth, not the name itself), an IP literal, each with an optional `:port`. Without a port
+    it allows only the target scheme's default port (443 for https), as an origin would."""
+
+    host: str  # lower-case; for a wildcard, the suffix after "*."; IPv6 without brackets
+    port: int | None
+    wildcard: bool = False
+
+    def matches(self, scheme: str, host: str, port: int) -> bool:
+        default = 443 if scheme == "https" else 80
+        if port != (self.port if self.port is not None else default):
+            return False
+        if self.wildcard:
+            return host.endswith("." + self.host)
+        return host == self.host
+
+    def __str__(self) -> str:
+        host = f"*.{self.host}" if self.wildcard else f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port is None else f"{host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -39,6 +79,8 @@ class UpstreamRegistry:
     prefix: str  # path prefix kept in front of repository names ("" or "some/prefix")
     username: str | None = None
     password: str | None = field(default=None, repr=False)  # never printed: settings may be logged
+    redirect_hosts: tuple[HostPattern, ...] = ()  # besides the upstream's own origin
+    allow_private_redirects: bool = False  # those hosts may be on loopback/private addresses
 
     @property
     def base_url(self) -> str:
@@ -59,8 +101,10 @@ class UpstreamRegistry:
 @dataclass(frozen=True)
 class UpstreamSettings:
     registries: tuple[UpstreamRegistry, ...] = ()
-    connect_timeout: float = 5.0
-    read_timeout: float = 30.0
+    connect_timeout: float = 5.0  # REGISTRY_UPSTREAM_CONNECT_TIMEOUT
+    read_timeout: float = 30.0  # REGISTRY_UPSTREAM_READ_TIMEOUT: each read; see body_seconds
+    min_rate: int = 128 * 1024  # REGISTRY_UPSTREAM_MIN_RATE: bytes per second, on average
+    max_blob_bytes: int = 16 * GiB  # REGISTRY_UPSTREAM_MAX_BLOB_BYTES
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> UpstreamSettings:
@@ -68,7 +112,23 @@ class UpstreamSettings:
             registries=parse_registries(env.get("REGISTRIES_JSON", ""), env),
             connect_timeout=_seconds(env, "REGISTRY_UPSTREAM_CONNECT_TIMEOUT", 5.0),
             read_timeout=_seconds(env, "REGISTRY_UPSTREAM_READ_TIMEOUT", 30.0),
+            min_rate=_count(env, "REGISTRY_UPSTREAM_MIN_RATE", 128 * 1024, 1024, GiB),
+            max_blob_bytes=_count(env, "REGISTRY_UPSTREAM_MAX_BLOB_BYTES", 16 * GiB, MiB, 1 << 50),
         )
+
+    def body_seconds(self, size: int) -> float:
+        """The whole time a body of at most `size` bytes may take once the answer's headers are
+        in: urllib3's read timeout bounds each read, not a body that trickles a byte per read."""
+        return self.read_timeout + size / self.min_rate
+
+
+def _count(env: Mapping[str, str], name: str, default: int, lowest: int, highest: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or not lowest <= int(raw) <= highest:
+        raise UpstreamConfigError(f"{name} must be a whole number from {lowest} to {highest}, not {raw!r}")
+    return int(raw)
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
@@ -123,7 +183,53 @@ def _registry(entry: object, index: int, env: Mapping[str, str]) -> UpstreamRegi
             raise UpstreamConfigError(
                 f"{where}: environment variable {password_env} (its password_env) is not set or empty"
             )
-    return UpstreamRegistry(url, scheme, host, prefix, username, password)
+    redirect_hosts = _redirect_hosts(entry.get("redirect_hosts"), where)
+    if redirect_hosts is None:
+        redirect_hosts = tuple(_host_pattern(h, where) for h in DOCKER_HUB_REDIRECT_HOSTS)
+        redirect_hosts = redirect_hosts if host == DOCKER_HUB_API else ()
+    allow_private = entry.get("allow_private_redirects", False)
+    if not isinstance(allow_private, bool):
+        raise UpstreamConfigError(f"{where}: 'allow_private_redirects' must be true or false")
+    return UpstreamRegistry(url, scheme, host, prefix, username, password, redirect_hosts, allow_private)
+
+
+def _redirect_hosts(value: object, where: str) -> tuple[HostPattern, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise UpstreamConfigError(f"{where}: 'redirect_hosts' must be a list of host names")
+    return tuple(_host_pattern(item, where) for item in value)
+
+
+def _host_pattern(item: object, where: str) -> HostPattern:
+    """`name`, `*.name`, an IP literal (IPv6 in brackets), each with an optional `:port`."""
+    bad = UpstreamConfigError(
+        f"{where}: redirect_hosts entries are host names like 'cdn.example.com', '*.example.com' "
+        f"or '10.0.0.5:9000' (no scheme or path), not {item!r}"
+    )
+    if not isinstance(item, str) or not item.strip():
+        raise bad
+    text = item.strip().lower()
+    try:
+        parts = urlsplit(f"//{text}")
+        port = parts.port
+    except ValueError:
+        raise bad from None
+    host = parts.hostname or ""
+    if parts.path or parts.query or parts.fragment or parts.username is not None or port == 0:
+        raise bad
+    if text.startswith("["):  # an IPv6 literal
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise bad from None
+        return HostPattern(host, port)
+    wildcard = host.startswith("*.")
+    name = host[2:] if wildcard else host
+    labels = name.split(".")
+    if not all(_LABEL.match(label) for label in labels) or (wildcard and len(labels) < 2):
+        raise bad  # "*.com" would be most of the internet
+    return HostPattern(name, port, wildcard)
 
 
 def _split_url(url: str, where: str) -> tuple[str, str, str]:

@@ -1,64 +1,65 @@
 """Pull-through: what this registry lacks is looked up in the upstream registries, in order,
 and a verified copy is kept so the next pull is local.
 
-- Manifests (GET or HEAD, by tag or digest) are fetched whole, checked against the digest asked
-  for (or the upstream's Docker-Content-Digest for a tag) and stored with their exact bytes,
-  media type and tag before the client is answered.
-- Blobs stream to the client while they are written to a fresh staging object; the copy is
-  committed under its digest only after the bytes hash to it. The last chunk is held back until
-  then, so a client never receives a complete body whose digest is wrong. A client that hangs
-  up half way aborts the copy. Concurrent pulls of one missing blob each stage their own copy;
-  commits are atomic renames of identical, verified bytes, so the result is never corrupt.
-- A blob HEAD answers from upstream without copying (the GET that follows copies), unless the
-  bytes are already stored for another repository: then the upstream's answer is enough to link
-  them here.
+- Manifests (GET or HEAD, by tag or digest) are fetched whole (within REGISTRY_MANIFEST_MAX_BYTES
+  and a deadline), checked against the digest asked for (or the upstream's Docker-Content-Digest
+  for a tag) and stored with their exact bytes, media type and tag before the client is answered.
+- A blob GET that misses streams the upstream's bytes to the client (relay.py); only bytes that
+  hash to the digest are committed, or, when that digest is already stored for another
+  repository, link the stored copy here.
+- A blob HEAD that misses answers with the upstream's size and digest, and links nothing: an
+  upstream's claim never opens bytes this registry holds for another repository.
 
 Pull-through only ever reads upstream; pushes are local (resources call it for GET/HEAD only).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import urllib3
 from urllib3.exceptions import HTTPError
 
 from errors import BlobUnknown, DigestInvalid, ManifestInvalid, ManifestUnknown, RegistryError, Unavailable
 from settings import Settings
-from storage import paths
 from storage.blobs import BlobInfo
 from storage.digests import Digest, is_valid_tag, looks_like_digest
 from storage.manifest_format import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from storage.manifests import ManifestInfo
 from storage.registry import Registry
-from upstream.client import UpstreamClient, UpstreamUnavailable, discard, new_pool
+from upstream.bodies import declared_length, read_capped
+from upstream.client import UpstreamClient, UpstreamUnavailable
+from upstream.config import UpstreamSettings
+from upstream.origins import new_pools
+from upstream.relay import BlobRelay, UpstreamBlobCorrupt
 from upstream.tokens import TokenCache
 
 log = logging.getLogger("berth.upstream")
 
-CHUNK = 1024 * 1024  # memory per streamed blob: one chunk in flight and one held back
 MANIFEST_ACCEPT = ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST])
 
 
-class UpstreamBlobCorrupt(Exception):
-    """An upstream sent bytes that do not hash to the digest asked for."""
+__all__ = ["PullThrough", "PulledBlob", "UpstreamBlobCorrupt"]
 
 
 @dataclass(frozen=True)
 class PulledBlob:
     size: int | None  # None when the upstream did not say (the body is then sent chunked)
-    stream: Any  # a BlobRelay, or a local ObjectReader when the bytes were already stored
+    stream: BlobRelay
 
 
 class PullThrough:
-    def __init__(self, registry: Registry, clients: list[UpstreamClient], manifest_max_bytes: int) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        clients: list[UpstreamClient],
+        settings: UpstreamSettings,
+        manifest_max_bytes: int,
+    ) -> None:
         self._registry = registry
         self._clients = clients
+        self._settings = settings
         self._manifest_max_bytes = manifest_max_bytes
 
     @classmethod
@@ -66,10 +67,9 @@ class PullThrough:
         upstream = settings.upstream
         if not upstream.registries:
             return None
-        pool, tokens = new_pool(), TokenCache()
-        timeout = urllib3.Timeout(connect=upstream.connect_timeout, read=upstream.read_timeout)
-        clients = [UpstreamClient(r, pool, timeout, tokens) for r in upstream.registries]
-        return cls(registry, clients, settings.manifest_max_bytes)
+        pools, tokens = new_pools(), TokenCache()
+        clients = [UpstreamClient(r, pools, upstream, tokens) for r in upstream.registries]
+        return cls(registry, clients, upstream, settings.manifest_max_bytes)
 
     # -- manifests ---------------------------------------------------------------------------
 
@@ -115,18 +115,18 @@ class PullThrough:
         response = client.request("GET", name, f"manifests/{reference}", {"Accept": MANIFEST_ACCEPT})
         try:
             if not _found(client, response, f"manifest {name}:{reference}"):
+                client.discard(response)
                 return None
-            limit = self._manifest_max_bytes
-            length = response.headers.get("Content-Length")
-            if length is not None and length.isdigit() and int(length) > limit:
-                raise UpstreamUnavailable(f"{client.registry.url}: manifest larger than {limit} bytes")
-            body = response.read(limit + 1, decode_content=True)
-            if len(body) > limit:
-                raise UpstreamUnavailable(f"{client.registry.url}: manifest larger than {limit} bytes")
+            limit = min(declared_length(response) or self._manifest_max_bytes, self._manifest_max_bytes)
+            body = read_capped(response, self._manifest_max_bytes, self._settings.body_seconds(limit))
         except HTTPError as exc:
-            raise UpstreamUnavailable(f"{client.registry.url}: {type(exc).__name__}: {exc}") from None
-        finally:
-            discard(response)
+            response.close()
+            raise UpstreamUnavailable(
+                f"{client.registry.url}: manifest {type(exc).__name__}: {exc}"
+            ) from None
+        except UpstreamUnavailable:
+            response.close()
+            raise
         claimed = wanted or _header_digest(response.headers.get("Docker-Content-Digest"))
         if claimed is not None and Digest.of(body, claimed.algorithm) != claimed:
             log.error(
@@ -139,7 +139,8 @@ class PullThrough:
     # -- blobs -------------------------------------------------------------------------------
 
     def blob_info(self, name: str, digest: Digest) -> BlobInfo:
-        """A blob HEAD missing here: the upstream's answer, without copying the bytes."""
+        """A blob HEAD missing here: the upstream's answer (size and digest), copying nothing
+        and linking nothing; the GET that follows copies."""
         failed = False
         for client in self._clients:
             try:
@@ -148,29 +149,25 @@ class PullThrough:
                 log.warning("upstream blob %s@%s: %s", name, digest, exc)
                 failed = True
                 continue
-            discard(response)  # a HEAD: no body
+            client.discard(response)  # a HEAD: no body
             try:
                 if not _found(client, response, f"blob {name}@{digest}"):
                     continue
-                size = _blob_headers(client, response, digest)
+                size = self._blob_size(client, response, digest)
             except UpstreamUnavailable as exc:
                 log.warning("upstream blob %s@%s: %s", name, digest, exc)
                 failed = True
                 continue
             if size is None:
+                log.warning("upstream blob %s@%s: HEAD answered without a size", name, digest)
                 failed = True
                 continue
-            if self._registry.blobs.exists_anywhere(digest):
-                self._registry.blobs.link(name, digest)  # upstream vouched: no copy needed
             return BlobInfo(digest, size)
         raise _miss(BlobUnknown(detail={"digest": str(digest)}), failed)
 
     def blob(self, name: str, digest: Digest) -> PulledBlob:
-        """A blob GET missing here: stream it from the first upstream that has it."""
-        blobs = self._registry.blobs
-        if blobs.exists_anywhere(digest):
-            info = self.blob_info(name, digest)  # links it when an upstream has it
-            return PulledBlob(info.size, blobs.open(name, digest, 0, info.size))
+        """A blob GET missing here: stream it from the first upstream that has it, even when
+        the bytes are stored for another repository (only verified bytes link them here)."""
         failed = False
         for client in self._clients:
             try:
@@ -181,89 +178,44 @@ class PullThrough:
                 continue
             try:
                 if not _found(client, response, f"blob {name}@{digest}"):
-                    discard(response)
+                    client.discard(response)
                     continue
-                size = _blob_headers(client, response, digest)
+                size = self._blob_size(client, response, digest)
             except UpstreamUnavailable as exc:
                 log.warning("upstream blob %s@%s: %s", name, digest, exc)
                 response.close()
                 failed = True
                 continue
-            return PulledBlob(
-                size, BlobRelay(self._registry, client.registry.url, response, name, digest, size)
+            limit = size if size is not None else self._settings.max_blob_bytes
+            relay = BlobRelay(
+                self._registry,
+                client.registry.url,
+                response,
+                name,
+                digest,
+                size,
+                limit,
+                self._settings,
             )
+            return PulledBlob(size, relay)
         raise _miss(BlobUnknown(detail={"digest": str(digest)}), failed)
 
-
-class BlobRelay:
-    """The response body of a blob pulled through: an iterable of chunks that writes each one
-    to storage as it passes. The WSGI server calls close() when the response ends, also when
-    the client went away, which discards an unfinished copy."""
-
-    def __init__(
-        self,
-        registry: Registry,
-        source: str,
-        response: urllib3.BaseHTTPResponse,
-        name: str,
-        digest: Digest,
-        size: int | None,
-    ) -> None:
-        self._registry = registry
-        self._source = source
-        self._response = response
-        self._name = name
-        self._digest = digest
-        self._size = size
-        self._chunks = self._relay()
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self._chunks
-
-    def close(self) -> None:
-        self._chunks.close()  # runs the generator's cleanup if it started
-        self._response.close()  # and drops the upstream connection if it never did
-
-    def _relay(self) -> Iterator[bytes]:
-        driver = self._registry.driver
-        upload_id = str(uuid.uuid4())
-        writer = driver.append_writer(paths.upload_data(upload_id))
-        hasher = hashlib.new(self._digest.algorithm)
-        finished = False
-        try:
-            held: bytes | None = None
-            for chunk in self._response.stream(CHUNK, decode_content=False):
-                hasher.update(chunk)
-                writer.write(chunk)
-                if held is not None:
-                    yield held
-                held = chunk
-            self._response.release_conn()
-            actual = Digest(self._digest.algorithm, hasher.hexdigest())
-            if actual != self._digest or (self._size is not None and writer.size != self._size):
-                log.error(
-                    "upstream %s sent blob %s@%s whose %d bytes hash to %s: discarded",
-                    self._source, self._name, self._digest, writer.size, actual,
-                )  # fmt: skip
-                raise UpstreamBlobCorrupt(f"{self._source}: blob {self._digest} failed verification")
-            if self._registry.blobs.exists_anywhere(self._digest):
-                writer.abort()  # a concurrent pull committed the same verified bytes first
-            else:
-                writer.commit(paths.blob_data(self._digest))
-            finished = True
-            self._registry.blobs.link(self._name, self._digest)
-            log.info(
-                "pulled blob %s@%s (%d bytes) from %s", self._name, self._digest, writer.size, self._source
+    def _blob_size(
+        self, client: UpstreamClient, response: urllib3.BaseHTTPResponse, digest: Digest
+    ) -> int | None:
+        """The size the upstream announces (None if it does not), checked against what it
+        may be: its Docker-Content-Digest must be the one asked for, and the size within
+        REGISTRY_UPSTREAM_MAX_BLOB_BYTES."""
+        claimed = response.headers.get("Docker-Content-Digest")
+        if claimed and claimed.strip() != str(digest):
+            raise UpstreamUnavailable(f"{client.registry.url}: blob {digest} answered as {claimed}")
+        size = declared_length(response)
+        if size is not None and size > self._settings.max_blob_bytes:
+            raise UpstreamUnavailable(
+                f"{client.registry.url}: blob {digest} is {size} bytes, more than "
+                f"REGISTRY_UPSTREAM_MAX_BLOB_BYTES ({self._settings.max_blob_bytes})"
             )
-            if held is not None:
-                yield held
-        except HTTPError as exc:
-            log.warning("upstream %s: blob %s@%s broke off: %s", self._source, self._name, self._digest, exc)
-            raise
-        finally:
-            if not finished:
-                writer.abort()
-            driver.delete_prefix(paths.upload_dir(upload_id))
+        return size
 
 
 def _found(client: UpstreamClient, response: urllib3.BaseHTTPResponse, what: str) -> bool:
@@ -276,14 +228,6 @@ def _found(client: UpstreamClient, response: urllib3.BaseHTTPResponse, what: str
     if response.status in (401, 403, 404):
         return False
     raise UpstreamUnavailable(f"{client.registry.url}: {what} answered {response.status}")
-
-
-def _blob_headers(client: UpstreamClient, response: urllib3.BaseHTTPResponse, digest: Digest) -> int | None:
-    claimed = response.headers.get("Docker-Content-Digest")
-    if claimed and claimed.strip() != str(digest):
-        raise UpstreamUnavailable(f"{client.registry.url}: blob {digest} answered as {claimed}")
-    length = response.headers.get("Content-Length")
-    return int(length) if length is not None and length.isdigit() else None
 
 
 def _header_digest(value: str | None) -> Digest | None:

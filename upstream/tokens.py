@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 from urllib.parse import urlencode, urlsplit
 
 import urllib3
@@ -106,14 +107,25 @@ class TokenCache:
             return self._locks.setdefault((upstream, scope), threading.Lock())
 
 
-def fetch_token(
-    pool: urllib3.PoolManager,
-    registry: UpstreamRegistry,
-    challenge: Challenge,
-    scope: str,
-    timeout: urllib3.Timeout,
-) -> tuple[str, float]:
-    """Ask the challenge's realm for a token for `scope`; returns (token, expires_in)."""
+class RealmTransport(Protocol):
+    """What fetch_token needs from the upstream's client (client.py)."""
+
+    registry: UpstreamRegistry
+
+    def realm_request(
+        self, method: str, url: str, headers: dict[str, str], body: str | None = None
+    ) -> urllib3.BaseHTTPResponse: ...
+
+    def read_small(self, response: urllib3.BaseHTTPResponse) -> bytes: ...
+
+    def discard(self, response: urllib3.BaseHTTPResponse) -> None: ...
+
+
+def fetch_token(transport: RealmTransport, challenge: Challenge, scope: str) -> tuple[str, float]:
+    """Ask the challenge's realm for a token for `scope`; returns (token, expires_in). The
+    answer is read only up to 64 KiB and within its deadline (a realm is the upstream's to
+    name, so it is no more trusted than the upstream)."""
+    registry = transport.registry
     realm = challenge.params.get("realm", "")
     realm_parts = urlsplit(realm)
     if realm_parts.scheme not in ("http", "https") or not realm_parts.hostname:
@@ -126,17 +138,12 @@ def fetch_token(
     if registry.username is not None:
         form = {"grant_type": "password", "username": registry.username, "password": registry.password}
         form.update(client_id=CLIENT_ID, scope=scope, service=service)
-        response = pool.request(
-            "POST",
-            realm,
-            body=urlencode(form),
-            headers={"Content-Type": "application/x-www-form-urlencoded"},
-            timeout=timeout,
-            retries=False,
-        )
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        response = transport.realm_request("POST", realm, headers, urlencode(form))
         if response.status != 200:
             # Realms that only speak the older GET form answer 404/405/400 here.
             log.debug("upstream %s: token POST answered %s, trying GET", registry.url, response.status)
+            transport.discard(response)
             response = None
     if response is None:
         query = {"service": service, "scope": scope, "client_id": CLIENT_ID}
@@ -144,13 +151,12 @@ def fetch_token(
         if registry.username is not None:
             headers["Authorization"] = basic_header(registry.username, registry.password or "")
         separator = "&" if realm_parts.query else "?"
-        response = pool.request(
-            "GET", realm + separator + urlencode(query), headers=headers, timeout=timeout, retries=False
-        )
+        response = transport.realm_request("GET", realm + separator + urlencode(query), headers)
     if response.status != 200:
+        transport.discard(response)
         raise UpstreamAuthError(f"{registry.url}: token realm answered {response.status}")
     try:
-        doc = json.loads(response.data)
+        doc = json.loads(transport.read_small(response))
         token = doc.get("token") or doc.get("access_token")
         expires_in = float(doc.get("expires_in") or DEFAULT_EXPIRES_IN)
     except (ValueError, TypeError, AttributeError):

@@ -1,13 +1,17 @@
 """Pull-through with real upstreams on 127.0.0.1: Berth in front, with REGISTRIES_JSON naming
 CNCF distribution (htpasswd Basic auth) and another Berth that speaks Docker's Bearer token flow
 (REGISTRY_TOKEN_PRIVATE_KEY, realm /v2/token). skopeo and docker pull images that exist only
-upstream; with the upstreams stopped the same pulls are served from Berth's copies."""
+upstream; with the upstreams stopped the same pulls are served from Berth's copies. And a
+misbehaving upstream (endless and trickling blobs, a redirect to another local port) in front
+of Berth under gunicorn's gevent workers: bounded, refused, logged once."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +19,7 @@ import pytest
 import requests
 
 from tests.jwt_keys import b64, keypair
+from tests.upstream_fakes import StaticRegistry, endless, registry, sha256, trickle
 
 from . import images
 from .process import RO, RW, CommandError
@@ -248,3 +253,74 @@ def test_upstream_tokens_are_cached(upstreams, skopeo, tmp_path):
     _assert_image(tmp_path / "out", "v1", img)
     assert upstreams.content_requests("pt/cached") >= 50 + 10  # and skopeo's pushes
     assert 1 <= upstreams.token_requests() - pushed <= 2  # one scope, two front workers
+
+
+def test_misbehaving_upstream_is_bounded_under_gunicorn(registry_class, tmp_path_factory):
+    if registry_class is not BerthServer:
+        pytest.skip("pull-through is Berth's")
+    slow = os.urandom(1000)
+    internal = StaticRegistry()  # another port of this machine, which would answer
+    hidden = internal.add_blob("pt/bad", b"internal only")
+    endless_digest, slow_digest = sha256(b"endless"), sha256(slow)
+    upstream = registry(
+        {
+            f"/v2/pt/bad/blobs/{endless_digest}": lambda: (200, {}, endless(os.urandom(65536), cap=64 << 20)),
+            f"/v2/pt/bad/blobs/{slow_digest}": lambda: (
+                200,
+                {"Content-Length": str(len(slow)), "Docker-Content-Digest": slow_digest},
+                trickle(slow, 0.2),
+            ),
+            f"/v2/pt/bad/blobs/{hidden}": (
+                307,
+                {"Location": f"{internal.url}/v2/pt/bad/blobs/{hidden}"},
+                b"",
+            ),
+        }
+    )
+    front = BerthServer(
+        tmp_path_factory.mktemp("front-bounded"),
+        workers=1,
+        extra_env={
+            "REGISTRIES_JSON": json.dumps([{"registry": upstream.url}]),
+            "REGISTRY_UPSTREAM_READ_TIMEOUT": "1",
+            "REGISTRY_UPSTREAM_MIN_RATE": "1024",  # 1000 bytes: 1 + 1 s in all
+            "REGISTRY_UPSTREAM_MAX_BLOB_BYTES": str(4 << 20),
+        },
+    )
+    try:
+        front.start()
+
+        def pull(digest: str) -> tuple[int, int, float]:
+            started, received = time.monotonic(), 0
+            # Cut: after the headers, or before them when no chunk had gone out yet.
+            with pytest.raises(requests.RequestException):
+                r = front.session(front.ro).get(
+                    f"{front.url}/v2/pt/bad/blobs/{digest}", stream=True, timeout=30
+                )
+                assert r.status_code == 200
+                for chunk in r.iter_content(65536):
+                    received += len(chunk)
+            return received, upstream.sent, time.monotonic() - started
+
+        received, sent, _ = pull(endless_digest)
+        assert received <= 4 << 20
+        assert sent < 40 << 20
+        received, _, took = pull(slow_digest)
+        assert received < len(slow)
+        assert took < 8
+        session = front.session(front.ro)
+        r = session.get(f"{front.url}/v2/pt/bad/blobs/{hidden}", timeout=30)
+        assert r.status_code == 503
+        assert internal.requests == []
+        assert session.get(f"{front.url}/v2/", timeout=10).status_code == 200  # the worker is fine
+    finally:
+        front.stop()
+        upstream.stop()
+        internal.stop()
+    # (Up to the stop: closing idle keep-alive connections at a stop logs a traceback of its own.)
+    logs = front.logs().split("Handling signal: term")[0]
+    assert logs.count("discarded, client connection cut") == 2
+    assert "redirect to http://127.0.0.1:" in logs
+    assert "Traceback" not in logs and "Error handling request" not in logs
+    root = front.data_dir
+    assert not list(root.glob("blobs/**/data")) and not list(root.glob("repositories/pt/bad/_layers/*/*"))
