@@ -87,6 +87,16 @@ class TokenSettings:
     def token_flow(self) -> bool:
         return self.signing_key is not None
 
+    # What the token endpoint writes in `aud` and `iss`, and what the token flow's own key
+    # requires of every token it verifies (auth/tokens.py).
+    @property
+    def own_audience(self) -> str:
+        return self.audience or self.service
+
+    @property
+    def own_issuer(self) -> str:
+        return self.issuer or self.service
+
     @property
     def verifies_jwts(self) -> bool:
         return self.public_key is not None or self.signing_key is not None

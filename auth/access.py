@@ -10,6 +10,7 @@ docker, podman and skopeo fetch a token from /v2/token; otherwise they are `Basi
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -84,9 +85,14 @@ class AccessController:
                 return ANONYMOUS_READER
             raise Unauthorized("authentication required", headers={"WWW-Authenticate": self._basic_challenge})
         try:
-            return self._identify(authorization)
+            identity = self._identify(authorization)
         except _Refused as exc:
             raise Unauthorized(str(exc), headers={"WWW-Authenticate": self._basic_challenge}) from None
+        if identity.expires_at is not None and identity.expires_at <= time.time():
+            # Accepted within the clock-skew leeway, but a token issued for it would be born
+            # expired: the client must come back with a live credential.
+            raise Unauthorized("token has expired", headers={"WWW-Authenticate": self._basic_challenge})
+        return identity
 
     # --------------------------------------------------------------------------- internals
 
@@ -95,7 +101,7 @@ class AccessController:
         if scheme.lower() == "bearer":
             if self._verifier is None:
                 raise _Refused("bearer tokens are not accepted by this registry")
-            return self._from_token(credentials.strip(), None)
+            return self._from_token(credentials.strip())
         try:
             username, password = parse_basic(authorization)
         except Unauthorized:
@@ -104,13 +110,13 @@ class AccessController:
         if identity is not None:
             return identity
         if self._verifier is not None and looks_like_jwt(password):
-            return self._from_token(password, username)
+            return self._from_token(password)
         raise _Refused("invalid username or password")
 
-    def _from_token(self, token: str, username: str | None) -> Identity:
+    def _from_token(self, token: str) -> Identity:
         assert self._verifier is not None
         try:
-            return identity_from_claims(self._verifier.verify(token), username)
+            return identity_from_claims(self._verifier.verify(token))
         except InvalidToken as exc:
             raise _Refused(str(exc), bad_token=True) from None
 
