@@ -17,25 +17,23 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_FORWARDED_ALLOW_IPS = "127.0.0.1,::1"
+MAX_REMEMBERED = 1024
+MAX_ADDRESS_TEXT = 64  # the longest IPv6 text (with an IPv4 tail and a zone) is shorter
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-def _address(value: str) -> _Address | None:
-    try:
-        return ipaddress.ip_address(value.strip())
-    except ValueError:
-        return None
 
 
 @dataclass(frozen=True)
 class TrustedProxies:
     networks: tuple[_Network, ...] = ()
     trust_all: bool = False  # "*"
+    # value -> (canonical address or None, trusted): parsing and matching cost microseconds, and
+    # few clients are active at once. Cleared when full.
+    _seen: dict[str, tuple[str | None, bool]] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def parse(cls, value: str) -> TrustedProxies:
@@ -54,20 +52,36 @@ class TrustedProxies:
     def _trusts(self, address: _Address) -> bool:
         return self.trust_all or any(address in network for network in self.networks)
 
+    def _classify(self, value: str) -> tuple[str | None, bool]:
+        """(the address in canonical form, or None if it is not one; whether it is a proxy)."""
+        if len(value) > MAX_ADDRESS_TEXT:
+            return None, False
+        known = self._seen.get(value)
+        if known is None:
+            try:
+                address = ipaddress.ip_address(value)
+                known = (str(address), self._trusts(address))
+            except ValueError:
+                known = (None, False)
+            if len(self._seen) >= MAX_REMEMBERED:
+                self._seen.clear()
+            self._seen[value] = known
+        return known
+
     def client_address(self, environ: Mapping[str, Any]) -> str:
         """The client's address for a WSGI request: the peer, or what trusted proxies say."""
         peer = str(environ.get("REMOTE_ADDR") or "")
-        peer_ip = _address(peer)
-        if peer_ip is not None and not self._trusts(peer_ip):
-            return peer
-        client = str(peer_ip) if peer_ip is not None else peer
+        peer_ip, trusted = self._classify(peer)
+        if peer_ip is not None and not trusted:
+            return peer_ip
+        client = peer_ip if peer_ip is not None else peer
         # gunicorn joins repeated header lines with ",": one list, oldest hop first.
         for hop in reversed(str(environ.get("HTTP_X_FORWARDED_FOR") or "").split(",")):
-            hop_ip = _address(hop)
+            hop_ip, trusted = self._classify(hop.strip())
             if hop_ip is None:
                 break
-            client = str(hop_ip)
-            if self.trust_all or not self._trusts(hop_ip):
+            client = hop_ip
+            if self.trust_all or not trusted:
                 break
         return client
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from auth.basic import BasicAuthenticator, parse_basic
@@ -32,6 +32,8 @@ if TYPE_CHECKING:  # auth.tokens loads the JOSE library: only when JWTs are conf
     from auth.tokens import TokenVerifier
 
 Needs = list[tuple[str | None, str]]
+# The client's address, asked for only when failed logins need it (it costs a few microseconds).
+ClientAddress = Callable[[], str]
 log = logging.getLogger("berth.auth")
 
 
@@ -63,11 +65,11 @@ class AccessController:
         return self._token_flow
 
     def authenticate(
-        self, authorization: str | None, realm_url: str = "", needs: Needs = (), client: str = ""
+        self, authorization: str | None, realm_url: str = "", needs: Needs = (), client: ClientAddress = str
     ) -> Identity:
         """The identity behind the request's credentials; anonymous ones only with anonymous
         pull. In the token flow the version check (`needs` empty) always wants credentials or a
-        token, so clients learn where to get one (docker's ping decides that once). `client` is
+        token, so clients learn where to get one (docker's ping decides that once). `client` gives
         the client's address (failed logins are counted by it)."""
         if not authorization:
             if self._anonymous_pull and (needs or not self._token_flow):
@@ -80,7 +82,7 @@ class AccessController:
             raise self._unauthorized(str(exc), realm_url, needs, exc.bad_token, bearer) from None
 
     def authorize(
-        self, authorization: str | None, needs: Needs, realm_url: str = "", client: str = ""
+        self, authorization: str | None, needs: Needs, realm_url: str = "", client: ClientAddress = str
     ) -> Identity:
         """The identity, if it may do every (repository, action) in `needs`."""
         identity = self.authenticate(authorization, realm_url, needs, client)
@@ -96,7 +98,7 @@ class AccessController:
                 raise Denied(detail={"repository": repository, "action": action}, headers=headers)
         return identity
 
-    def authenticate_for_token(self, authorization: str | None, client: str = "") -> Identity:
+    def authenticate_for_token(self, authorization: str | None, client: ClientAddress = str) -> Identity:
         """Who asks the token endpoint: a Basic user (password or JWT), a Bearer JWT, or without
         credentials an anonymous client, which gets only what anonymous pull allows. Its
         challenge is always Basic: a Bearer one would send the client back here."""
@@ -116,7 +118,7 @@ class AccessController:
 
     # --------------------------------------------------------------------------- internals
 
-    def _identify(self, authorization: str, client: str) -> Identity:
+    def _identify(self, authorization: str, client: ClientAddress) -> Identity:
         scheme, _, credentials = authorization.strip().partition(" ")
         if scheme.lower() == "bearer":
             try:
@@ -131,7 +133,7 @@ class AccessController:
         except Unauthorized:
             self._failed(client, None)
             raise _Refused("malformed credentials") from None
-        slowed = self._limiter.retry_after(client, username)
+        slowed = self._limiter.retry_after(client(), username) if self._limiter.counting else None
         if slowed:
             if self._verifier is not None and looks_like_jwt(password):
                 try:
@@ -150,9 +152,12 @@ class AccessController:
             self._failed(client, username)
             raise
 
-    def _failed(self, client: str, username: str | None) -> None:
+    def _failed(self, client_address: ClientAddress, username: str | None) -> None:
         """Count a failure, or if this client is already slowed answer 429 (and count nothing:
         these credentials were refused unexamined, or would have been)."""
+        if not self._limiter.enabled:
+            return
+        client = client_address()
         slowed = self._limiter.retry_after(client, username)
         if slowed:
             raise self._too_many(slowed)

@@ -25,12 +25,14 @@ import ipaddress
 import math
 import time
 from collections.abc import Callable
+from functools import lru_cache
 
 MAX_KEYS = 10_000  # about 3 MB per worker when full
 SWEEP_SECONDS = 60.0  # refilled buckets are dropped at most this long after
 CLIENT_FACTOR = 3  # a client address's bucket, across usernames, against one username's
 
 
+@lru_cache(maxsize=1024)
 def _network(client: str) -> str:
     try:
         address = ipaddress.ip_address(client)
@@ -57,6 +59,11 @@ class FailedLoginLimiter:
         # key -> theoretical arrival time: when the bucket would be full again.
         self._buckets: dict[tuple[str, ...], float] = {}
         self._next_sweep = clock() + SWEEP_SECONDS
+
+    @property
+    def counting(self) -> bool:
+        """Whether any failure is being remembered (else no client is slowed)."""
+        return self.enabled and bool(self._buckets)
 
     def _keys(self, client: str, username: str | None) -> list[tuple[tuple[str, ...], int, float]]:
         """(key, burst, interval) of each bucket a failure of this client and username drains."""

@@ -4,6 +4,7 @@ without one is refused (fail closed). The HTTP method decides the action."""
 from __future__ import annotations
 
 import re
+from functools import partial
 
 from auth.access import AccessController
 from auth.identity import CATALOG, PULL, PUSH
@@ -42,8 +43,8 @@ class AuthMiddleware:
 
     def process_resource(self, req, resp, resource, params) -> None:
         authorization = req.get_header("Authorization")
-        # Failed logins are counted per client address; only credentials can fail.
-        client = self._proxies.client_address(req.env) if authorization else ""
+        # Failed logins are counted per client address, worked out only when needed.
+        client = partial(self._proxies.client_address, req.env)
         scope = getattr(resource, "scope", None)
         action = METHOD_ACTIONS.get(req.method, PUSH)
         realm = token_realm(req, self._realm_url) if self._access.token_flow else ""

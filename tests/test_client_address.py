@@ -84,3 +84,14 @@ def test_client_address(allow, peer, forwarded, client):
 def test_default_is_gunicorns():
     assert TrustedProxies.parse("127.0.0.1,::1") == DEFAULT_TRUSTED_PROXIES
     assert TrustedProxies.parse("").client_address(env("127.0.0.1", "192.0.2.1")) == "127.0.0.1"
+
+
+def test_memory_is_bounded():
+    proxies = TrustedProxies.parse("*")
+    for i in range(5000):
+        assert (
+            proxies.client_address(env("127.0.0.1", f"10.0.{i // 256}.{i % 256}"))
+            == f"10.0.{i // 256}.{i % 256}"
+        )
+    assert proxies.client_address(env("127.0.0.1", "1" * 10_000)) == "127.0.0.1"
+    assert len(proxies._seen) <= 1024
