@@ -135,6 +135,8 @@ class AccessController:
             raise _Refused("malformed credentials") from None
         slowed = self._limiter.retry_after(client(), username) if self._limiter.counting else None
         if slowed:
+            # No password comparison while slowed (its answer is what a guesser wants), but a
+            # token cannot be guessed: a valid one still gets in.
             if self._verifier is not None and looks_like_jwt(password):
                 try:
                     return self._from_token(password)

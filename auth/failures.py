@@ -16,7 +16,7 @@ for everyone. Bearer tokens have no username: only the client key counts them.
 State is in memory, per worker process: with N workers a client gets up to N times the burst
 before every worker has seen it. gevent never preempts plain Python code, so reading and updating
 a bucket is atomic without locks. The table is bounded (MAX_KEYS): expired buckets are dropped,
-and when it is full of live ones, those nearest to empty go first."""
+and when it is full of live ones, those nearest to refilled (the least failing) go first."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from functools import lru_cache
 
-MAX_KEYS = 10_000  # about 3 MB per worker when full
+MAX_KEYS = 10_000  # about 2 MB per worker when full
 SWEEP_SECONDS = 60.0  # refilled buckets are dropped at most this long after
 CLIENT_FACTOR = 3  # a client address's bucket, across usernames, against one username's
 
