@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from client_address import DEFAULT_FORWARDED_ALLOW_IPS, DEFAULT_TRUSTED_PROXIES, TrustedProxies
 from upstream.config import UpstreamConfigError, UpstreamSettings
 
 
@@ -86,6 +87,16 @@ class TokenSettings:
     @property
     def token_flow(self) -> bool:
         return self.signing_key is not None
+
+    # What the token endpoint writes in `aud` and `iss`, and what the token flow's own key
+    # requires of every token it verifies (auth/tokens.py).
+    @property
+    def own_audience(self) -> str:
+        return self.audience or self.service
+
+    @property
+    def own_issuer(self) -> str:
+        return self.issuer or self.service
 
     @property
     def verifies_jwts(self) -> bool:
@@ -184,6 +195,32 @@ def _token_settings(env: Mapping[str, str]) -> TokenSettings:
     )
 
 
+@dataclass(frozen=True)
+class FailedLoginSettings:
+    """Slowing repeated failed logins (auth/failures.py)."""
+
+    burst: int = 10  # REGISTRY_AUTH_FAILURE_BURST: failures before slowing down; 0 turns it off
+    per_minute: int = 6  # REGISTRY_AUTH_FAILURE_RATE: failures a minute allowed after the burst
+
+
+def _failed_login_settings(env: Mapping[str, str]) -> FailedLoginSettings:
+    burst = _int(env, "REGISTRY_AUTH_FAILURE_BURST", 10, 0)
+    per_minute = _int(env, "REGISTRY_AUTH_FAILURE_RATE", 6, 1)
+    if burst > 10_000:
+        raise SettingsError("REGISTRY_AUTH_FAILURE_BURST must be at most 10000 (0 turns the limit off)")
+    if per_minute > 60_000:
+        raise SettingsError("REGISTRY_AUTH_FAILURE_RATE must be at most 60000 (failures a minute)")
+    return FailedLoginSettings(burst, per_minute)
+
+
+def _trusted_proxies(env: Mapping[str, str]) -> TrustedProxies:
+    # The same variable gunicorn.conf.py gives gunicorn, read the same way (client_address.py).
+    try:
+        return TrustedProxies.parse(env.get("FORWARDED_ALLOW_IPS", DEFAULT_FORWARDED_ALLOW_IPS))
+    except ValueError as exc:
+        raise SettingsError(f"FORWARDED_ALLOW_IPS: {exc}") from None
+
+
 MiB = 1024 * 1024
 
 
@@ -215,6 +252,9 @@ class Settings:
     manifest_max_bytes: int = 4 * 1024 * 1024
     realm: str = "Berth"
     tokens: TokenSettings = field(default_factory=TokenSettings)
+    failed_logins: FailedLoginSettings = field(default_factory=FailedLoginSettings)
+    # FORWARDED_ALLOW_IPS: peers whose X-Forwarded-For names the client (client_address.py)
+    trusted_proxies: TrustedProxies = DEFAULT_TRUSTED_PROXIES
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)  # REGISTRIES_JSON
 
     @property
@@ -252,6 +292,8 @@ class Settings:
             manifest_max_bytes=_int(env, "REGISTRY_MANIFEST_MAX_BYTES", 4 * 1024 * 1024, 4 * 1024 * 1024),
             realm=_realm(env.get("REGISTRY_AUTH_REALM", "Berth") or "Berth"),
             tokens=_token_settings(env),
+            failed_logins=_failed_login_settings(env),
+            trusted_proxies=_trusted_proxies(env),
             upstream=_upstream_settings(env),
         )
 

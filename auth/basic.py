@@ -6,7 +6,7 @@ import base64
 import binascii
 import hmac
 
-from auth.identity import PULL, PUSH, Identity
+from auth.identity import PULL, PUSH, Identity, user_principal
 from errors import Unauthorized
 from settings import User
 
@@ -43,4 +43,4 @@ class BasicAuthenticator:
         if found is None or not password:
             return None
         actions = frozenset({PULL, PUSH}) if found.can_push else frozenset({PULL})
-        return Identity(found.name, actions)
+        return Identity(user_principal(found.name), found.name, actions)

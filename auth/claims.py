@@ -9,8 +9,10 @@ Claims understood:
   catalog. With `access`, the token reaches only the repositories it names.
 With both, an action must be in `capabilities` and granted by `access`; with neither, the token
 authenticates but allows nothing.
-- The identity's name (which owns its uploads) is `sub`, else serverless-registry's
-  `account_id`, else the Basic username the token came with, else "jwt"."""
+- Who the token is (its principal, which owns its uploads; see auth/identity.py): its `sub`
+  under its `iss`, else serverless-registry's `account_id` under its `iss`, else the token
+  itself. A token our token endpoint issued (`issued_here`) carries its holder's principal in
+  `principal`. The Basic username a token comes with is only a label."""
 
 from __future__ import annotations
 
@@ -19,8 +21,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from auth.identity import ALL_ACTIONS, CATALOG, PULL, PUSH, Grant, Identity
-from auth.token_shape import InvalidToken
+from auth.identity import (
+    ALL_ACTIONS,
+    CATALOG,
+    MAX_PRINCIPAL,
+    PULL,
+    PUSH,
+    Grant,
+    Identity,
+    account_principal,
+    subject_principal,
+    token_principal,
+)
+from auth.token_shape import InvalidToken, VerifiedToken
 
 KNOWN_ACTIONS = frozenset({PULL, PUSH})
 _SAFE_NAME = re.compile(r"[a-z0-9._/-]{1,255}")
@@ -34,12 +47,35 @@ def _actions(raw: Any, where: str) -> frozenset[str]:
     return frozenset(raw) & KNOWN_ACTIONS  # unknown actions (e.g. "delete") grant nothing
 
 
-def identity_from_claims(claims: dict[str, Any], basic_username: str | None = None) -> Identity:
-    name = ""
-    for candidate in (claims.get("sub"), claims.get("account_id"), basic_username, "jwt"):
-        if isinstance(candidate, str) and candidate:
-            name = candidate
-            break
+# The claim in which the token endpoint records whom it issued a token to.
+PRINCIPAL_CLAIM = "principal"
+
+
+def _text(claims: dict[str, Any], name: str) -> str:
+    value = claims.get(name)
+    return value if isinstance(value, str) else ""
+
+
+def principal_of(token: VerifiedToken) -> str:
+    claims = token.claims
+    if token.issued_here and PRINCIPAL_CLAIM in claims:
+        principal = claims[PRINCIPAL_CLAIM]
+        if not isinstance(principal, str) or not 0 < len(principal) <= MAX_PRINCIPAL:
+            raise InvalidToken(f"token claim {PRINCIPAL_CLAIM!r} is not acceptable")
+        return principal
+    issuer = claims.get("iss", "")
+    if not isinstance(issuer, str):
+        raise InvalidToken("token claim 'iss' must be a string")
+    if _text(claims, "sub"):
+        return subject_principal(issuer, claims["sub"])
+    if _text(claims, "account_id"):
+        return account_principal(issuer, claims["account_id"])
+    return token_principal(token.digest)
+
+
+def identity_from_claims(token: VerifiedToken) -> Identity:
+    claims = token.claims
+    name = _text(claims, "sub") or _text(claims, "account_id") or "jwt"
     has_caps, has_access = "capabilities" in claims, "access" in claims
     capabilities = _actions(claims["capabilities"], "capabilities") if has_caps else None
     grants: tuple[Grant, ...] | None = None
@@ -64,7 +100,8 @@ def identity_from_claims(claims: dict[str, Any], basic_username: str | None = No
         capabilities = ALL_ACTIONS if has_access else frozenset()
     if catalog and PULL not in capabilities:
         catalog = False
-    return Identity(name, capabilities, grants, catalog)
+    expires_at = int(claims["exp"]) if isinstance(claims.get("exp"), (int, float)) else None
+    return Identity(principal_of(token), name, capabilities, grants, catalog, expires_at)
 
 
 # ------------------------------------------------------------------------------------- scopes

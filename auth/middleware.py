@@ -4,9 +4,11 @@ without one is refused (fail closed). The HTTP method decides the action."""
 from __future__ import annotations
 
 import re
+from functools import partial
 
 from auth.access import AccessController
 from auth.identity import CATALOG, PULL, PUSH
+from client_address import DEFAULT_TRUSTED_PROXIES, TrustedProxies
 from errors import Denied
 
 # DELETE needs push: whoever may write a repository may also remove from it.
@@ -29,12 +31,20 @@ def token_realm(req, explicit: str | None) -> str:
 
 
 class AuthMiddleware:
-    def __init__(self, access: AccessController, realm_url: str | None = None) -> None:
+    def __init__(
+        self,
+        access: AccessController,
+        realm_url: str | None = None,
+        proxies: TrustedProxies = DEFAULT_TRUSTED_PROXIES,
+    ) -> None:
         self._access = access
         self._realm_url = realm_url
+        self._proxies = proxies
 
     def process_resource(self, req, resp, resource, params) -> None:
         authorization = req.get_header("Authorization")
+        # Failed logins are counted per client address, worked out only when needed.
+        client = partial(self._proxies.client_address, req.env)
         scope = getattr(resource, "scope", None)
         action = METHOD_ACTIONS.get(req.method, PUSH)
         realm = token_realm(req, self._realm_url) if self._access.token_flow else ""
@@ -42,11 +52,11 @@ class AuthMiddleware:
             return  # health endpoints: nothing to protect, and probes carry no credentials
         if scope == "token":
             # The token endpoint authenticates its own way (Basic, or anonymous).
-            req.context.identity = self._access.authenticate_for_token(authorization)
+            req.context.identity = self._access.authenticate_for_token(authorization, client)
             return
         if resource is None or scope == "base":
             # Unknown routes and the version check only need a valid identity.
-            req.context.identity = self._access.authenticate(authorization, realm)
+            req.context.identity = self._access.authenticate(authorization, realm, client=client)
             return
         if scope == "catalog":
             needs = [(None, CATALOG)]
@@ -57,4 +67,4 @@ class AuthMiddleware:
                 needs.append((source, PULL))  # a mount reads from another repository
         else:
             raise Denied("route has no access scope")
-        req.context.identity = self._access.authorize(authorization, needs, realm)
+        req.context.identity = self._access.authorize(authorization, needs, realm, client)

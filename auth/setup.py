@@ -17,5 +17,6 @@ def build_auth(settings: Settings) -> tuple[AuthMiddleware, TokenServer | None]:
         from auth.tokens import TokenSigner, TokenVerifier
     signer = TokenSigner(tokens.signing_key) if tokens.signing_key is not None else None
     verifier = TokenVerifier(tokens, signer) if tokens.verifies_jwts else None
-    middleware = AuthMiddleware(AccessController(settings, verifier), tokens.realm_url)
+    access = AccessController(settings, verifier)
+    middleware = AuthMiddleware(access, tokens.realm_url, settings.trusted_proxies)
     return middleware, TokenServer(signer, tokens) if signer is not None else None

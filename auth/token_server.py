@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from auth.claims import granted_access, parse_scopes
+from auth.claims import PRINCIPAL_CLAIM, granted_access, parse_scopes
 from auth.identity import Identity
 from errors import Unsupported
 from settings import TokenSettings
@@ -25,8 +25,8 @@ class TokenServer:
     ) -> None:
         self._signer = signer
         self._service = settings.service
-        self._issuer = settings.issuer or settings.service
-        self._audience = settings.audience or settings.service
+        self._issuer = settings.own_issuer
+        self._audience = settings.own_audience
         self._lifetime = settings.lifetime
         self._clock = clock
 
@@ -38,18 +38,26 @@ class TokenServer:
         except ValueError:
             raise Unsupported("malformed scope: expected type:name:actions", status=400) from None
         now = int(self._clock())
+        # Never outlive the credential presented: a token exchanged for a token (renewal)
+        # keeps the first one's end, however often it is exchanged.
+        exp = now + self._lifetime
+        if identity.expires_at is not None:
+            exp = min(exp, identity.expires_at)
         claims: dict[str, Any] = {
             "iss": self._issuer,
             "aud": self._audience,
             "iat": now,
             "nbf": now,
-            "exp": now + self._lifetime,
+            "exp": exp,
             "jti": uuid.uuid4().hex,
             "access": granted_access(identity, scopes),
+            # Whom it is for: uploads it opens belong to the holder, whatever token renews it.
+            PRINCIPAL_CLAIM: identity.principal,
         }
         if identity.name:
             claims["sub"] = identity.name
         token = self._signer.sign(claims)
         issued_at = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         # Both names: docker reads `token`, OAuth2 clients (podman, skopeo) `access_token`.
-        return {"token": token, "access_token": token, "expires_in": self._lifetime, "issued_at": issued_at}
+        expires_in = max(exp - now, 0)
+        return {"token": token, "access_token": token, "expires_in": expires_in, "issued_at": issued_at}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 from joserfc import jwt
@@ -22,7 +23,7 @@ from joserfc.errors import (
 )
 from joserfc.jwk import JWKRegistry, Key
 
-from auth.token_shape import InvalidToken, looks_like_jwt
+from auth.token_shape import InvalidToken, VerifiedToken, looks_like_jwt
 from settings import SettingsError, TokenSettings, jwk_algorithm
 
 # Clock skew tolerated on `exp`, `nbf` and `iat`.
@@ -75,46 +76,80 @@ class TokenSigner:
         )
 
 
+@dataclass(frozen=True)
+class _Policy:
+    """The claims a key's tokens must carry. `issued_here`: the token flow's own rules."""
+
+    issued_here: bool
+    options: dict[str, Any]
+
+    def validate(self, claims: dict[str, Any]) -> None:
+        jwt.JWTClaimsRegistry(leeway=LEEWAY_SECONDS, **self.options).validate(claims)
+
+
+def _policy(issued_here: bool, audience: str | None, issuer: str | None) -> _Policy:
+    options: dict[str, Any] = {"exp": {"essential": True}}
+    if audience:
+        options["aud"] = {"essential": True, "value": audience}
+    if issuer:
+        options["iss"] = {"essential": True, "value": issuer}
+    return _Policy(issued_here, options)
+
+
 class TokenVerifier:
     """Checks a token's signature against the configured keys, then its `exp` (required), `nbf`,
-    `iat`, and `aud`/`iss` when configured. Returns the claims."""
+    `iat`, and `aud`/`iss` by the rules of the key that verified it:
+
+    - the token flow's own key (REGISTRY_TOKEN_PRIVATE_KEY's public half): `aud` and `iss` must
+      be this registry's own, exactly what its token endpoint writes (REGISTRY_AUTH_AUDIENCE /
+      REGISTRY_AUTH_ISSUER, else the service name). Another instance sharing the key pair (a
+      staging registry) issues tokens for its own service: they are refused here.
+    - JWT_REGISTRY_TOKENS_PUBLIC_KEY (an external issuer; serverless-registry's tooling mints
+      without `aud`): `aud` and `iss` are checked when configured.
+    - the same key pair configured as both: tokens the endpoint issued pass the first rule;
+      others (minted with the private key elsewhere, e.g. without `iss`) must still carry this
+      registry's `aud`, so the shared key cannot carry tokens across services either.
+
+    Returns the claims and whether the token flow's own rules accepted them."""
 
     def __init__(self, settings: TokenSettings, signer: TokenSigner | None = None) -> None:
-        self._keys: list[tuple[Key, list[str]]] = []
-        if signer is not None:
-            self._keys.append((signer.public_key, signer.algorithms))
+        # (key, its algorithms, the policies a token verified with it may pass, in order)
+        self._keys: list[tuple[Key, list[str], list[_Policy]]] = []
+        external = _policy(False, settings.audience, settings.issuer)
+        external_key = None
         if settings.public_key is not None:
-            key = _import(settings.public_key, "JWT_REGISTRY_TOKENS_PUBLIC_KEY")
-            self._keys.append((key, _algorithms(settings.public_key)))
-        options: dict[str, Any] = {"exp": {"essential": True}}
-        if settings.audience:
-            options["aud"] = {"essential": True, "value": settings.audience}
-        if settings.issuer:
-            options["iss"] = {"essential": True, "value": settings.issuer}
-        self._options = options
+            external_key = _import(settings.public_key, "JWT_REGISTRY_TOKENS_PUBLIC_KEY")
+        if signer is not None:
+            policies = [_policy(True, settings.own_audience, settings.own_issuer)]
+            if external_key is not None and external_key.thumbprint() == signer.public_key.thumbprint():
+                policies.append(_policy(False, settings.own_audience, settings.issuer))
+                external_key = None
+            self._keys.append((signer.public_key, signer.algorithms, policies))
+        if external_key is not None:
+            assert settings.public_key is not None
+            self._keys.append((external_key, _algorithms(settings.public_key), [external]))
 
-    def verify(self, token: str) -> dict[str, Any]:
+    def verify(self, token: str) -> VerifiedToken:
         if not looks_like_jwt(token):
             raise InvalidToken("malformed token")
-        claims = None
-        for key, algorithms in self._keys:
+        refusal = InvalidToken("token signature is invalid or not from a trusted key")
+        for key, algorithms, policies in self._keys:
             try:
                 claims = jwt.decode(token, key, algorithms=algorithms).claims
-                break
             except (JoseError, ValueError, TypeError, UnicodeError):
                 # Wrong key, wrong algorithm, bad signature, garbage: try the next key.
                 continue
-        if claims is None:
-            raise InvalidToken("token signature is invalid or not from a trusted key")
-        registry = jwt.JWTClaimsRegistry(leeway=LEEWAY_SECONDS, **self._options)
-        try:
-            registry.validate(claims)
-        except ExpiredTokenError:
-            raise InvalidToken("token has expired") from None
-        except MissingClaimError as exc:
-            raise InvalidToken(f"token lacks a required claim ({exc.claim})") from None
-        except InvalidClaimError as exc:
-            raise InvalidToken(f"token claim {exc.claim!r} is not acceptable") from None
-        except (JoseError, ValueError, TypeError):
-            raise InvalidToken("token claims are not acceptable") from None
-        return claims
+            for policy in policies:
+                try:
+                    policy.validate(claims)
+                except ExpiredTokenError:
+                    refusal = InvalidToken("token has expired")
+                except MissingClaimError as exc:
+                    refusal = InvalidToken(f"token lacks a required claim ({exc.claim})")
+                except InvalidClaimError as exc:
+                    refusal = InvalidToken(f"token claim {exc.claim!r} is not acceptable")
+                except (JoseError, ValueError, TypeError):
+                    refusal = InvalidToken("token claims are not acceptable")
+                else:
+                    return VerifiedToken.of(token, claims, policy.issued_here)
+        raise refusal

@@ -46,7 +46,9 @@ def _created(resp: falcon.Response, name: str, digest: Digest) -> None:
 
 
 def _owner(req: falcon.Request) -> str:
-    return req.context.identity.name
+    # The principal (auth/identity.py): unique across users, token subjects per issuer and
+    # subjectless tokens, so no credential can pass for another's owner by reusing a name.
+    return req.context.identity.principal
 
 
 class UploadStart:

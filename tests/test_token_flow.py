@@ -271,7 +271,9 @@ def test_upload_sessions_stay_in_their_repository_and_with_their_owner(flow):
 
 
 def test_identity_names(flow):
-    """Uploads belong to the identity's name: `sub`, else `account_id`, else the Basic username."""
+    """Uploads belong to the identity's principal: `sub` (or `account_id`) under its issuer, else
+    the token itself; the Basic username a token comes with is only a label
+    (tests/test_upload_principals.py has the rest)."""
     by_account = mint(EXTERNAL, account_id="acct", capabilities=["pull", "push"])
     location = flow.request(
         "POST", "/v2/n/blobs/uploads/", auth=False, headers=basic("v0", by_account)
@@ -282,12 +284,12 @@ def test_identity_names(flow):
     location = flow.request(
         "POST", "/v2/n/blobs/uploads/", auth=False, headers=basic("robot", anonymous_caps)
     ).headers["Location"]
-    assert (
-        flow.request("GET", location, auth=False, headers=basic("robot", anonymous_caps)).status_code == 204
-    )
-    assert (
-        flow.request("GET", location, auth=False, headers=basic("robot2", anonymous_caps)).status_code == 404
-    )
+    for label in ("robot", "robot2"):
+        assert (
+            flow.request("GET", location, auth=False, headers=basic(label, anonymous_caps)).status_code == 204
+        )
+    other_token = basic("robot", mint(EXTERNAL, capabilities=["pull", "push"]))
+    assert flow.request("GET", location, auth=False, headers=other_token).status_code == 404
     assert flow.request("GET", location, auth=False, headers=basic(RW_USER, RW_PASS)).status_code == 404
 
 
