@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from client_address import DEFAULT_FORWARDED_ALLOW_IPS, DEFAULT_TRUSTED_PROXIES, TrustedProxies
+from auth.client_address import DEFAULT_FORWARDED_ALLOW_IPS, DEFAULT_TRUSTED_PROXIES, TrustedProxies
 from upstream.config import UpstreamConfigError, UpstreamSettings
 
 
@@ -214,7 +214,7 @@ def _failed_login_settings(env: Mapping[str, str]) -> FailedLoginSettings:
 
 
 def _trusted_proxies(env: Mapping[str, str]) -> TrustedProxies:
-    # The same variable gunicorn.conf.py gives gunicorn, read the same way (client_address.py).
+    # The same variable gunicorn.conf.py gives gunicorn, read the same way (auth/client_address.py).
     try:
         return TrustedProxies.parse(env.get("FORWARDED_ALLOW_IPS", DEFAULT_FORWARDED_ALLOW_IPS))
     except ValueError as exc:
@@ -253,7 +253,7 @@ class Settings:
     realm: str = "Berth"
     tokens: TokenSettings = field(default_factory=TokenSettings)
     failed_logins: FailedLoginSettings = field(default_factory=FailedLoginSettings)
-    # FORWARDED_ALLOW_IPS: peers whose X-Forwarded-For names the client (client_address.py)
+    # FORWARDED_ALLOW_IPS: peers whose X-Forwarded-For names the client (auth/client_address.py)
     trusted_proxies: TrustedProxies = DEFAULT_TRUSTED_PROXIES
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)  # REGISTRIES_JSON
 

@@ -7,8 +7,8 @@ import re
 from functools import partial
 
 from auth.access import AccessController
+from auth.client_address import DEFAULT_TRUSTED_PROXIES, TrustedProxies
 from auth.identity import CATALOG, PULL, PUSH
-from client_address import DEFAULT_TRUSTED_PROXIES, TrustedProxies
 from errors import Denied
 
 # DELETE needs push: whoever may write a repository may also remove from it.

@@ -1,4 +1,4 @@
-"""The client address seen through trusted proxies (client_address.py), and that its reading of
+"""The client address seen through trusted proxies (auth/client_address.py), and that its reading of
 FORWARDED_ALLOW_IPS is gunicorn 27's own: the same values accepted, the same peers trusted."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from gunicorn.config import validate_string_to_addr_list
 from gunicorn.http.message import _ip_in_allow_list
 
-from client_address import DEFAULT_TRUSTED_PROXIES, TrustedProxies
+from auth.client_address import DEFAULT_TRUSTED_PROXIES, TrustedProxies
 
 VALUES = [
     "127.0.0.1,::1",
