@@ -1,15 +1,22 @@
 """An S3 endpoint for the end-to-end tests: moto's server over HTTP on 127.0.0.1, behind a small
 proxy that enforces Cloudflare R2's multipart rules (moto does not): every non-trailing part of
 a completed upload has the same size, at least 5 MiB, and the last is no larger. A violation is
-refused the way R2 refuses it (400 InvalidPart) and recorded for the tests to assert on."""
+refused the way R2 refuses it (400 InvalidPart) and recorded for the tests to assert on.
+
+The same proxy injects the faults of a real store on demand (errors, resets, lost responses,
+truncated or corrupted bodies, delays; see tests/e2e/s3_faults.py), set at runtime through its
+control endpoint; with no plan set it forwards everything untouched."""
 
 from __future__ import annotations
 
 import http.client
 import json
 import re
+import socket
+import struct
 import sys
 import threading
+import time
 import xml.etree.ElementTree as ET
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -18,8 +25,11 @@ from urllib.parse import parse_qs, urlsplit
 from tests.s3_strict import R2RuleViolation, check_part_sizes
 
 from .process import REPO_ROOT, _Process, free_port, require_binary
+from .s3_faults import CONTROL_PATH, FaultControl, FaultPlan, classify, error_body
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
+# send_response() writes its own Date and Server: the upstream's would come twice.
+NOT_RELAYED = HOP_BY_HOP | {"date", "server"}
 
 
 def _answering(process: _Process, url: str, timeout: float = 30):
@@ -99,6 +109,18 @@ class R2StrictProxy(_Process):
     def violations(self) -> list[str]:
         return [r["violation"] for r in self._records() if "violation" in r]
 
+    @property
+    def faults(self) -> FaultControl:
+        return FaultControl(self.url)
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        # A client that gives up (or a connection this proxy reset on purpose) is not news.
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, OSError):
+            super().handle_error(request, client_address)
+
 
 class _ProxyServer:
     """Forwards every request to `upstream`, streaming bodies, and checks completions."""
@@ -108,6 +130,7 @@ class _ProxyServer:
         self.report = report
         self.parts: dict[tuple[str, int], int] = {}
         self._lock = threading.Lock()
+        self.faults = FaultPlan()
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -121,7 +144,7 @@ class _ProxyServer:
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server = _QuietServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
 
     def _record(self, entry: dict) -> None:
@@ -129,8 +152,24 @@ class _ProxyServer:
             fh.write(json.dumps(entry) + "\n")
 
     def handle(self, h: BaseHTTPRequestHandler) -> None:
+        if urlsplit(h.path).path == CONTROL_PATH:
+            self._control(h)
+            return
+        op, key = classify(h.command, h.path, h.headers)
+        rule = self.faults.decide(op, key)
+        action = rule.action if rule is not None else None
+        if rule is not None and rule.delay:
+            time.sleep(rule.delay)
         query = parse_qs(urlsplit(h.path).query, keep_blank_values=True)
         length = int(h.headers.get("Content-Length") or 0)
+        if action == "error":
+            _drain(h, length)
+            self._reply(h, rule.status, error_body(rule.code), head=h.command == "HEAD")
+            return
+        if action == "reset":
+            _drain(h, int(length * rule.fraction))
+            _reset(h)
+            return
         upload_id = query.get("uploadId", [None])[0]
         body_needed = h.command == "POST" and upload_id is not None  # CompleteMultipartUpload
         body = h.rfile.read(length) if body_needed else None
@@ -167,10 +206,20 @@ class _ProxyServer:
                 conn.send(chunk)
                 remaining -= len(chunk)
         resp = conn.getresponse()
+        try:
+            if action in ("drop_response", "reset_mid_response", "truncate", "corrupt"):
+                self._faulty_response(h, resp, op, key, rule)
+            else:
+                self._relay(h, resp)
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _relay(h: BaseHTTPRequestHandler, resp: http.client.HTTPResponse) -> None:
         h.send_response(resp.status)
         upstream_length = resp.getheader("Content-Length")
         for k, v in resp.getheaders():
-            if k.lower() not in HOP_BY_HOP:
+            if k.lower() not in NOT_RELAYED:
                 h.send_header(k, v)
         if upstream_length is None:
             data = resp.read()
@@ -183,7 +232,42 @@ class _ProxyServer:
             if h.command != "HEAD":
                 while chunk := resp.read(1 << 20):
                     h.wfile.write(chunk)
-        conn.close()
+
+    def _faulty_response(self, h, resp, op: str, key: str, rule) -> None:
+        """The store acted on the request; the client gets a broken answer."""
+        data = resp.read() if h.command != "HEAD" else b""
+        hidden = rule.action != "corrupt" and resp.status == 200
+        if hidden and op == "CreateMultipartUpload":
+            self.faults.note_dropped_upload(key, data)
+        if rule.action == "drop_response" or not data:
+            _reset(h)
+            return
+        h.send_response(resp.status)
+        for k, v in resp.getheaders():
+            if k.lower() not in NOT_RELAYED and k.lower() != "content-length":
+                h.send_header(k, v)
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        if rule.action == "corrupt":
+            middle = len(data) // 2
+            h.wfile.write(data[:middle] + bytes([data[middle] ^ 0x01]) + data[middle + 1 :])
+            return
+        h.wfile.write(data[: int(len(data) * rule.fraction)])
+        if rule.action == "truncate":
+            h.connection.shutdown(socket.SHUT_WR)  # a clean end, short of Content-Length
+            h.close_connection = True
+        else:
+            _reset(h)
+
+    def _control(self, h: BaseHTTPRequestHandler) -> None:
+        if h.command == "PUT":
+            body = h.rfile.read(int(h.headers.get("Content-Length") or 0))
+            try:
+                self.faults.load(json.loads(body or b"{}"))
+            except (ValueError, TypeError) as exc:
+                self._reply(h, 400, str(exc).encode())
+                return
+        self._reply(h, 200, json.dumps(self.faults.report()).encode(), content_type="application/json")
 
     def _check_completion(self, upload_id: str, body: bytes) -> str | None:
         root = ET.fromstring(body)  # noqa: S314 - the body is our own client's, relayed in a test
@@ -199,12 +283,34 @@ class _ProxyServer:
         return None
 
     @staticmethod
-    def _reply(h: BaseHTTPRequestHandler, status: int, body: bytes) -> None:
+    def _reply(
+        h: BaseHTTPRequestHandler,
+        status: int,
+        body: bytes,
+        content_type: str = "application/xml",
+        head: bool = False,
+    ) -> None:
         h.send_response(status)
-        h.send_header("Content-Type", "application/xml")
+        h.send_header("Content-Type", content_type)
         h.send_header("Content-Length", str(len(body)))
         h.end_headers()
-        h.wfile.write(body)
+        if not head:
+            h.wfile.write(body)
+
+
+def _drain(h: BaseHTTPRequestHandler, length: int) -> None:
+    while length > 0:
+        chunk = h.rfile.read(min(1 << 20, length))
+        if not chunk:
+            return
+        length -= len(chunk)
+
+
+def _reset(h: BaseHTTPRequestHandler) -> None:
+    """Abort the client's connection with a TCP reset (SO_LINGER 0), as a dying peer does."""
+    h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    h.connection.close()
+    h.close_connection = True
 
 
 if __name__ == "__main__":
