@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import socket
 import struct
@@ -22,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from tests.s3_strict import R2RuleViolation, check_part_sizes
+from tests.s3_strict import MIN_PART, R2RuleViolation, check_part_sizes
 
 from .process import REPO_ROOT, _Process, free_port, require_binary
 from .s3_faults import CONTROL_PATH, FaultControl, FaultPlan, classify, error_body
@@ -52,9 +53,10 @@ def _answering(process: _Process, url: str, timeout: float = 30):
 class MotoServer(_Process):
     name = "moto"
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, min_part: int | None = None) -> None:
         super().__init__(workdir)
         self.port = free_port()
+        self.min_part = min_part  # moto's minimum part size (5 MiB, like S3 and R2)
 
     @property
     def url(self) -> str:
@@ -62,7 +64,10 @@ class MotoServer(_Process):
 
     def start(self):
         binary = require_binary("moto_server", str(Path(sys.executable).parent / "moto_server"))
-        self._spawn([binary, "-H", "127.0.0.1", "-p", str(self.port)])
+        env = dict(os.environ)
+        if self.min_part is not None:
+            env["S3_UPLOAD_PART_MIN_SIZE"] = str(self.min_part)
+        self._spawn([binary, "-H", "127.0.0.1", "-p", str(self.port)], env=env)
         return _answering(self, self.url)
 
 
@@ -72,11 +77,12 @@ class R2StrictProxy(_Process):
 
     name = "r2-strict-proxy"
 
-    def __init__(self, workdir: Path, upstream_port: int) -> None:
+    def __init__(self, workdir: Path, upstream_port: int, min_part: int = MIN_PART) -> None:
         super().__init__(workdir)
         self.upstream_port = upstream_port
         self.port = free_port()
         self.report = self.workdir / "completions.jsonl"
+        self.min_part = min_part  # R2's is 5 MiB; in-process tests lower it with moto's
 
     @property
     def url(self) -> str:
@@ -91,6 +97,7 @@ class R2StrictProxy(_Process):
                 str(self.port),
                 str(self.upstream_port),
                 str(self.report),
+                str(self.min_part),
             ],
             cwd=REPO_ROOT,
         )
@@ -125,9 +132,10 @@ class _QuietServer(ThreadingHTTPServer):
 class _ProxyServer:
     """Forwards every request to `upstream`, streaming bodies, and checks completions."""
 
-    def __init__(self, port: int, upstream_port: int, report: Path) -> None:
+    def __init__(self, port: int, upstream_port: int, report: Path, min_part: int) -> None:
         self.upstream_port = upstream_port
         self.report = report
+        self.min_part = min_part
         self.parts: dict[tuple[str, int], int] = {}
         self._lock = threading.Lock()
         self.faults = FaultPlan()
@@ -138,6 +146,12 @@ class _ProxyServer:
 
             def log_message(self, *args):
                 pass
+
+            def setup(self):
+                super().setup()
+                # Headers and body go out in separate writes: without this, Nagle's algorithm
+                # holds the body until the client's delayed ACK, 40 ms per response.
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
             def _forward(self):
                 proxy.handle(self)
@@ -275,7 +289,7 @@ class _ProxyServer:
         try:
             with self._lock:
                 sizes = [self.parts[(upload_id, n)] for n in numbers]
-            check_part_sizes(sizes)
+            check_part_sizes(sizes, self.min_part)
         except (KeyError, R2RuleViolation) as exc:
             self._record({"violation": f"{upload_id}: {exc!r}"})
             return "All non-trailing parts must have the same length."
@@ -314,5 +328,5 @@ def _reset(h: BaseHTTPRequestHandler) -> None:
 
 
 if __name__ == "__main__":
-    port, upstream, report = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
-    _ProxyServer(port, upstream, report).server.serve_forever()
+    port, upstream, report, min_part = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
+    _ProxyServer(port, upstream, report, min_part).server.serve_forever()
