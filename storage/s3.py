@@ -133,6 +133,7 @@ class S3Driver(StorageDriver):
         self.settings = settings
         self.part_size = settings.part_size
         self._prefix = f"{settings.prefix}/" if settings.prefix else ""
+        self._session = None
         self._client = None
         self._client_pid = None
 
@@ -157,9 +158,10 @@ class S3Driver(StorageDriver):
                 response_checksum_validation="when_required",
                 s3={"addressing_style": "path"},
             )
-            self._client = boto3.session.Session().client(
-                "s3", endpoint_url=self.settings.endpoint_url, config=config
-            )
+            if self._session is None:
+                # Kept across forks: a process's client is new, the parsed API models are not.
+                self._session = boto3.session.Session()
+            self._client = self._session.client("s3", endpoint_url=self.settings.endpoint_url, config=config)
             self._client_pid = os.getpid()
         return self._client
 

@@ -26,6 +26,9 @@ class Publishing:
     verified: bool  # False only when the digest's algorithm was not the running hash's
     size_before: int  # where the closing PUT's last chunk started
     hash_before: ResumableHash  # the running hash before that chunk
+    # The writer state holds every byte (sealed). False when the blob was found stored
+    # already: the writer is only kept to be aborted, never committed.
+    sealed: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -33,6 +36,7 @@ class Publishing:
             "verified": self.verified,
             "size_before": self.size_before,
             "hash_before": self.hash_before.export(),
+            "sealed": self.sealed,
         }
 
 
@@ -77,6 +81,7 @@ class UploadState:
                     verified=bool(pub["verified"]),
                     size_before=int(pub["size_before"]),
                     hash_before=ResumableHash.restore(algorithm, pub["hash_before"]),
+                    sealed=bool(pub["sealed"]),
                 )
             return cls(
                 upload_id=upload_id,

@@ -121,6 +121,10 @@ class UploadService:
                 if verified:
                     self._verify(state, writer, digest, Digest(digest.algorithm, state.hash.hexdigest()))
                     if self._blobs.exists_anywhere(digest):
+                        # Saved first, so a crash while dropping our copy leaves a session
+                        # whose retry links the stored one (the writer may be half gone).
+                        state.publishing = Publishing(digest, verified, *before, sealed=False)
+                        self._save(state)
                         return self._keep_stored_copy(state, digest, writer)
                 sealed = writer.seal(paths.blob_data(digest))
                 if sealed is not None:
@@ -166,6 +170,13 @@ class UploadService:
         if writer is None:
             if verified and self._blobs.exists_anywhere(digest):
                 return self._keep_stored_copy(state, digest, self._open_writer_if_any(state))
+            if state.publishing is not None and not state.publishing.sealed:
+                # The stored copy it was to share is gone, and our bytes were never sealed.
+                stale = self._open_writer_if_any(state)
+                if stale is not None:
+                    stale.abort()
+                self._end(state)
+                raise BlobUploadUnknown(detail={"upload": state.upload_id})
             writer = self._open_writer(state)
         if not verified:
             # The client finished with another algorithm than the one hashed on the way in:
