@@ -226,10 +226,29 @@ class S3AppendWriter(AppendWriter):
             log.warning("could not delete %s after copying it: %s", self._mpu_key, exc)
 
     def _create_mpu(self, key: str) -> str:
+        client, bucket, object_key = self._driver.client, self._driver.bucket, self._driver.object_key(key)
         with s3_errors(key):
-            return self._driver.client.create_multipart_upload(
-                Bucket=self._driver.bucket, Key=self._driver.object_key(key)
-            )["UploadId"]
+            upload = client.create_multipart_upload(Bucket=bucket, Key=object_key)["UploadId"]
+        if key == self._key:
+            self._abort_others(key, upload)
+        return upload
+
+    def _abort_others(self, key: str, ours: str) -> None:
+        """The staging key belongs to this upload, and only the lease holder writes it: any
+        other multipart upload there is an orphan (made by a request that died before saving
+        it, or a second time by boto3 retrying a CreateMultipartUpload whose answer was lost)."""
+        object_key = self._driver.object_key(key)
+        try:
+            with s3_errors(key):
+                found = self._driver.client.list_multipart_uploads(
+                    Bucket=self._driver.bucket, Prefix=object_key
+                ).get("Uploads", [])
+        except StorageError as exc:
+            log.warning("could not look for orphaned multipart uploads of %s: %s", key, exc)
+            return
+        for upload in found:
+            if upload["Key"] == object_key and upload["UploadId"] != ours:
+                self._abort_quietly(key, upload["UploadId"])
 
     def _complete(self) -> None:
         """Complete the sealed multipart upload; one that was already completed (before a

@@ -289,3 +289,17 @@ def test_a_put_retried_after_its_answer_was_lost(reg, faults):
     assert again.headers["Docker-Content-Digest"] == digest
     other = loc.replace("/f/again/", "/f/elsewhere/")
     assert reg.request("PUT", f"{other}?digest={digest}", body=data).status_code == 404
+
+
+def test_a_multipart_upload_created_twice_leaves_no_orphan(reg, faults):
+    """CreateMultipartUpload succeeds but its answer is lost: boto3's retry creates a second
+    one. On the upload's own staging key Berth aborts the first (only it writes there)."""
+    data = pattern(3 * PART + 9, seed=8)
+    loc = reg.request("POST", "/v2/f/twice/blobs/uploads/").headers["Location"]
+    faults.set([{"op": "CreateMultipartUpload", "action": "drop_response", "nth": [1]}])
+    assert reg.request("PATCH", loc, body=data).status_code == 202
+    dropped = faults.report()["dropped_uploads"]
+    assert len(dropped) == 1
+    assert dropped[0]["upload_id"] not in {u for _k, u in open_multipart_uploads(reg.driver)}
+    assert reg.request("PUT", f"{loc}?digest={digest_of(data)}").status_code == 201
+    assert_nothing_left(reg)

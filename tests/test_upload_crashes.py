@@ -145,6 +145,29 @@ def test_s3_a_crash_at_any_closing_step_is_finished_by_the_retry(tmp_path, monke
         assert open_multipart_uploads(api.driver) == []
 
 
+def test_s3_a_patch_killed_after_creating_its_multipart_upload_leaves_no_orphan(tmp_path, monkeypatch):
+    """The killed PATCH made a multipart upload no saved state records; the retried PATCH
+    makes its own at the same staging key and aborts the orphan."""
+    fast_boto_retries(monkeypatch)
+    monkeypatch.setattr(storage.s3_lease, "LEASE_TTL", 1.0)
+    with http_s3(tmp_path / "s3") as s3:
+        driver = s3.driver(s3.fresh_prefix())
+        api = Api(testing.TestClient(create_app(make_settings(tmp_path / "unused"), driver)), tmp_path)
+        data = pattern(3 * PART + 5, seed=99)
+        loc = api.request("POST", "/v2/crash/patch/blobs/uploads/").headers["Location"]
+
+        def patch():
+            api.request("PATCH", loc, body=data, headers={"Content-Range": f"0-{len(data) - 1}"})
+
+        assert run_and_crash(s3_crash_hook(driver, "UploadPart", ""), patch) == CRASHED
+        assert len(open_multipart_uploads(driver)) == 1  # the orphan
+        r = api.request("PATCH", loc, body=data, headers={"Content-Range": f"0-{len(data) - 1}"})
+        assert r.status_code == 202, r.text
+        assert api.request("PUT", f"{loc}?digest={digest_of(data)}").status_code == 201
+        assert open_multipart_uploads(driver) == []
+        assert upload_objects(driver) == []
+
+
 # -- local disk --------------------------------------------------------------------------------
 
 
