@@ -87,12 +87,14 @@ class Lease:
 
     def _write(self, **condition: str) -> bool:
         """PUT our token under `condition`; False if refused by someone else's lease."""
+        from storage.s3 import crc32
+
         body = f"{self._token} {LEASE_TTL:g}".encode()
         client = self._driver.client
         try:
             with self._errors():
                 self._etag = client.put_object(
-                    Bucket=self._driver.bucket, Key=self._object_key, Body=body, **condition
+                    Bucket=self._driver.bucket, Key=self._object_key, Body=body, **condition, **crc32(body)
                 )["ETag"]
             return True
         except ObjectBusy:

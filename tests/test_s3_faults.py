@@ -303,3 +303,14 @@ def test_a_multipart_upload_created_twice_leaves_no_orphan(reg, faults):
     assert dropped[0]["upload_id"] not in {u for _k, u in open_multipart_uploads(reg.driver)}
     assert reg.request("PUT", f"{loc}?digest={digest_of(data)}").status_code == 201
     assert_nothing_left(reg)
+
+
+def test_a_corrupted_small_read_is_read_again(reg, faults):
+    """Small objects are stored with a CRC32 that botocore checks on read: a flipped byte in a
+    tag, a manifest link or a manifest is caught and read again, never served or used."""
+    digest, body = reg.push_image("f/corrupt", "v1")
+    faults.set([{"op": "GetObject", "action": "corrupt", "nth": [1, 2, 3]}])
+    got = reg.request("GET", "/v2/f/corrupt/manifests/v1")
+    assert got.status_code == 200
+    assert got.content == body
+    assert injected(faults) == [3]
