@@ -164,7 +164,7 @@ def test_a_lease_that_could_not_be_released_lapses_within_its_ttl(reg, faults):
 
 
 def test_busy_upload_waits_for_the_holder_then_answers_503(reg, faults, monkeypatch):
-    monkeypatch.setattr(storage.uploads, "LOCK_WAIT", 1.0)
+    monkeypatch.setattr(storage.uploads, "LOCK_WAIT", 0.5)
     loc = reg.request("POST", "/v2/f/busy/blobs/uploads/").headers["Location"]
     lock = paths.upload_lock(loc.rsplit("/", 1)[1])
     with reg.driver.exclusive(lock):
@@ -175,7 +175,7 @@ def test_busy_upload_waits_for_the_holder_then_answers_503(reg, faults, monkeypa
     # A holder that finishes within the wait lets the request through.
     holding = reg.driver.exclusive(lock)
     holding.__enter__()
-    threading.Timer(0.4, lambda: holding.__exit__(None, None, None)).start()
+    threading.Timer(0.2, lambda: holding.__exit__(None, None, None)).start()
     assert reg.request("PATCH", loc, body=b"abc").status_code == 202
 
 
@@ -308,7 +308,7 @@ def test_a_multipart_upload_created_twice_leaves_no_orphan(reg, faults):
 def test_a_corrupted_small_read_is_read_again(reg, faults):
     """Small objects are stored with a CRC32 that botocore checks on read: a flipped byte in a
     tag, a manifest link or a manifest is caught and read again, never served or used."""
-    digest, body = reg.push_image("f/corrupt", "v1")
+    _digest, body = reg.push_image("f/corrupt", "v1")
     faults.set([{"op": "GetObject", "action": "corrupt", "nth": [1, 2, 3]}])
     got = reg.request("GET", "/v2/f/corrupt/manifests/v1")
     assert got.status_code == 200

@@ -111,61 +111,67 @@ def s3_crash_hook(driver, op: str, key_regex: str):
     return install
 
 
-def test_s3_a_crash_at_any_closing_step_is_finished_by_the_retry(tmp_path, monkeypatch):
-    """All crash points at once (each its own upload in its own child), so the retries wait
-    out the dead children's leases together."""
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    with http_s3(tmp_path_factory.mktemp("s3-crashes")) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def short_leases(monkeypatch):
     fast_boto_retries(monkeypatch)
     monkeypatch.setattr(storage.s3_lease, "LEASE_TTL", 1.0)
     monkeypatch.setattr(storage.s3_lease, "LEASE_RENEW_EVERY", 0.25)
-    with http_s3(tmp_path / "s3") as s3:
-        driver = s3.driver(s3.fresh_prefix())
-        api = Api(testing.TestClient(create_app(make_settings(tmp_path / "unused"), driver)), tmp_path)
-        api.driver = driver
-        cases = {}
-        for i, (point, (op, key)) in enumerate(S3_POINTS.items()):
-            for last_chunk in (0, PART + 10):
-                seed = i * 2 + bool(last_chunk)  # every blob differs: the cases run at once
-                if point.startswith("stored copy"):
-                    api.push_blob("crash/elsewhere", pattern(3 * PART + 1000, seed))
-                upload = Upload(api, f"crash/s3-{i}-{last_chunk}", 3 * PART + 1000, last_chunk, seed)
-                cases[(point, last_chunk)] = (upload, s3_crash_hook(driver, op, key))
-        # Forked from this (main) thread only: a child gets no lock another thread held.
-        # Each child makes its own boto3 client (the driver's is per process) and hooks it.
-        children = {case: start_child(install, upload.close) for case, (upload, install) in cases.items()}
-        exits = {case: exit_code(pid) for case, pid in children.items()}
-        assert {case: code for case, code in exits.items() if code != CRASHED} == {}
-        with ThreadPoolExecutor(8) as pool:
-            answers = dict(zip(cases, pool.map(lambda c: c[0].close(), cases.values()), strict=True))
-        failed = {case: (r.status_code, r.text) for case, r in answers.items() if r.status_code != 201}
-        assert failed == {}
-        wrong = [case for case, (upload, _) in cases.items() if upload.served() != upload.data]
-        assert wrong == []
-        assert upload_objects(api.driver) == []
-        assert unreferenced_multipart_uploads(api.driver) == []
-        assert open_multipart_uploads(api.driver) == []
 
 
-def test_s3_a_patch_killed_after_creating_its_multipart_upload_leaves_no_orphan(tmp_path, monkeypatch):
+def test_s3_a_crash_at_any_closing_step_is_finished_by_the_retry(s3, short_leases, tmp_path):
+    """All crash points at once (each its own upload in its own child), so the retries wait
+    out the dead children's leases together."""
+    driver = s3.driver(s3.fresh_prefix())
+    api = Api(testing.TestClient(create_app(make_settings(tmp_path / "unused"), driver)), tmp_path)
+    api.driver = driver
+    cases = {}
+    for i, (point, (op, key)) in enumerate(S3_POINTS.items()):
+        for last_chunk in (0, PART + 10):
+            seed = i * 2 + bool(last_chunk)  # every blob differs: the cases run at once
+            if point.startswith("stored copy"):
+                api.push_blob("crash/elsewhere", pattern(3 * PART + 1000, seed))
+            upload = Upload(api, f"crash/s3-{i}-{last_chunk}", 3 * PART + 1000, last_chunk, seed)
+            cases[(point, last_chunk)] = (upload, s3_crash_hook(driver, op, key))
+    # Forked from this (main) thread only: a child gets no lock another thread held.
+    # Each child makes its own boto3 client (the driver's is per process) and hooks it.
+    children = {case: start_child(install, upload.close) for case, (upload, install) in cases.items()}
+    exits = {case: exit_code(pid) for case, pid in children.items()}
+    assert {case: code for case, code in exits.items() if code != CRASHED} == {}
+    with ThreadPoolExecutor(8) as pool:
+        answers = dict(zip(cases, pool.map(lambda c: c[0].close(), cases.values()), strict=True))
+    failed = {case: (r.status_code, r.text) for case, r in answers.items() if r.status_code != 201}
+    assert failed == {}
+    wrong = [case for case, (upload, _) in cases.items() if upload.served() != upload.data]
+    assert wrong == []
+    assert upload_objects(api.driver) == []
+    assert unreferenced_multipart_uploads(api.driver) == []
+    assert open_multipart_uploads(api.driver) == []
+
+
+def test_s3_a_patch_killed_after_creating_its_multipart_upload_leaves_no_orphan(s3, short_leases, tmp_path):
     """The killed PATCH made a multipart upload no saved state records; the retried PATCH
     makes its own at the same staging key and aborts the orphan."""
-    fast_boto_retries(monkeypatch)
-    monkeypatch.setattr(storage.s3_lease, "LEASE_TTL", 1.0)
-    with http_s3(tmp_path / "s3") as s3:
-        driver = s3.driver(s3.fresh_prefix())
-        api = Api(testing.TestClient(create_app(make_settings(tmp_path / "unused"), driver)), tmp_path)
-        data = pattern(3 * PART + 5, seed=99)
-        loc = api.request("POST", "/v2/crash/patch/blobs/uploads/").headers["Location"]
+    driver = s3.driver(s3.fresh_prefix())
+    api = Api(testing.TestClient(create_app(make_settings(tmp_path / "unused"), driver)), tmp_path)
+    data = pattern(3 * PART + 5, seed=99)
+    loc = api.request("POST", "/v2/crash/patch/blobs/uploads/").headers["Location"]
 
-        def patch():
-            api.request("PATCH", loc, body=data, headers={"Content-Range": f"0-{len(data) - 1}"})
+    def patch():
+        api.request("PATCH", loc, body=data, headers={"Content-Range": f"0-{len(data) - 1}"})
 
-        assert run_and_crash(s3_crash_hook(driver, "UploadPart", ""), patch) == CRASHED
-        assert len(open_multipart_uploads(driver)) == 1  # the orphan
-        r = api.request("PATCH", loc, body=data, headers={"Content-Range": f"0-{len(data) - 1}"})
-        assert r.status_code == 202, r.text
-        assert api.request("PUT", f"{loc}?digest={digest_of(data)}").status_code == 201
-        assert open_multipart_uploads(driver) == []
-        assert upload_objects(driver) == []
+    assert run_and_crash(s3_crash_hook(driver, "UploadPart", ""), patch) == CRASHED
+    assert len(open_multipart_uploads(driver)) == 1  # the orphan
+    r = api.request("PATCH", loc, body=data, headers={"Content-Range": f"0-{len(data) - 1}"})
+    assert r.status_code == 202, r.text
+    assert api.request("PUT", f"{loc}?digest={digest_of(data)}").status_code == 201
+    assert open_multipart_uploads(driver) == []
+    assert upload_objects(driver) == []
 
 
 # -- local disk --------------------------------------------------------------------------------
