@@ -185,6 +185,11 @@ class UploadService:
             for chunk in writer.read_back():
                 rehash.update(chunk)
             self._verify(state, writer, digest, Digest(digest.algorithm, rehash.hexdigest()))
+            if state.publishing is not None:
+                # Saved, so a retry after the commit below finds the blob instead of reading
+                # back a staging object the commit consumed.
+                state.publishing.verified = True
+                self._save(state)
             if self._blobs.exists_anywhere(digest):
                 return self._keep_stored_copy(state, digest, writer)
         writer.commit(paths.blob_data(digest))

@@ -5,6 +5,7 @@ chosen storage call; the parent then sends the same request again."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -54,12 +55,16 @@ class Upload:
     """A blob pushed the docker way (one PATCH, then an empty PUT) or with its last chunk in
     the closing PUT; `close()` sends that PUT, the same each time."""
 
-    def __init__(self, api: Api, repo: str, size: int, last_chunk: int, seed: int) -> None:
+    def __init__(
+        self, api: Api, repo: str, size: int, last_chunk: int, seed: int, sha512: bool = False
+    ) -> None:
         self.api, self.repo = api, repo
         self.data = pattern(size, seed)
-        self.digest = digest_of(self.data)
+        # sha512 at the closing PUT only: the upload hashed sha256 and must be read back.
+        self.digest = "sha512:" + hashlib.sha512(self.data).hexdigest() if sha512 else digest_of(self.data)
         self.split = size - last_chunk
         self.loc = api.request("POST", f"/v2/{repo}/blobs/uploads/").headers["Location"]
+        self.upload_id = self.loc.rsplit("/", 1)[1]
         r = api.request(
             "PATCH", self.loc, body=self.data[: self.split], headers={"Content-Range": f"0-{self.split - 1}"}
         )
@@ -93,6 +98,10 @@ S3_POINTS = {
 }
 
 
+# Points by which the upload's own multipart upload was completed.
+COMPLETED_BY_THEN = set(list(S3_POINTS)[list(S3_POINTS).index("staging upload completed") :])
+
+
 def s3_crash_hook(driver, op: str, key_regex: str):
     import re
 
@@ -118,10 +127,12 @@ def s3(tmp_path_factory):
 
 
 @pytest.fixture
-def short_leases(monkeypatch):
+def short_leases(s3, monkeypatch):
     fast_boto_retries(monkeypatch)
     monkeypatch.setattr(storage.s3_lease, "LEASE_TTL", 1.0)
     monkeypatch.setattr(storage.s3_lease, "LEASE_RENEW_EVERY", 0.25)
+    yield
+    s3.faults.clear()
 
 
 def test_s3_a_crash_at_any_closing_step_is_finished_by_the_retry(s3, short_leases, tmp_path):
@@ -138,10 +149,21 @@ def test_s3_a_crash_at_any_closing_step_is_finished_by_the_retry(s3, short_lease
                 api.push_blob("crash/elsewhere", pattern(3 * PART + 1000, seed))
             upload = Upload(api, f"crash/s3-{i}-{last_chunk}", 3 * PART + 1000, last_chunk, seed)
             cases[(point, last_chunk)] = (upload, s3_crash_hook(driver, op, key))
+    for point in ("staging upload completed", "copy completed", "staging object deleted"):
+        upload = Upload(api, "crash/s3-sha512", 3 * PART + 1000, 0, len(cases), sha512=True)
+        cases[(f"{point} (read back)", 0)] = (upload, s3_crash_hook(driver, *S3_POINTS[point]))
     # Forked from this (main) thread only: a child gets no lock another thread held.
     # Each child makes its own boto3 client (the driver's is per process) and hooks it.
     children = {case: start_child(install, upload.close) for case, (upload, install) in cases.items()}
     exits = {case: exit_code(pid) for case, pid in children.items()}
+    # moto completes a multipart upload again when asked twice; S3 and R2 answer NoSuchUpload.
+    completed = [u for (point, _), (u, _) in cases.items() if point.split(" (")[0] in COMPLETED_BY_THEN]
+    s3.faults.set(
+        [
+            {"op": "CompleteMultipartUpload", "key": f"uploads/{u.upload_id}/data$", "action": "error", "status": 404, "code": "NoSuchUpload"}
+            for u in completed
+        ]
+    )  # fmt: skip
     assert {case: code for case, code in exits.items() if code != CRASHED} == {}
     with ThreadPoolExecutor(8) as pool:
         answers = dict(zip(cases, pool.map(lambda c: c[0].close(), cases.values()), strict=True))
