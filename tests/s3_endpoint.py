@@ -24,6 +24,7 @@ PART = 64 * 1024
 class HttpS3:
     moto: MotoServer
     proxy: R2StrictProxy
+    session: object = None  # one boto3 session for every driver made here
 
     @property
     def faults(self) -> FaultControl:
@@ -31,9 +32,13 @@ class HttpS3:
 
     def driver(self, prefix: str, direct: bool = False):
         """An S3 driver on a key prefix, through the proxy (or straight to moto)."""
+        import boto3
+
         from settings import S3Settings
         from storage.s3 import S3Driver
 
+        if self.session is None:
+            self.session = boto3.session.Session()
         return S3Driver(
             S3Settings(
                 bucket=BUCKET,
@@ -41,7 +46,8 @@ class HttpS3:
                 prefix=prefix,
                 part_size=PART,
                 endpoint_url=self.moto.url if direct else self.proxy.url,
-            )
+            ),
+            session=self.session,
         )
 
     def fresh_prefix(self) -> str:

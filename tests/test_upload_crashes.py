@@ -98,6 +98,12 @@ S3_POINTS = {
 }
 
 
+WITH_LAST_CHUNK = {
+    "stored copy: ours dropped",
+    "last part uploaded",
+    "publishing state saved",
+    "copy completed",
+}
 # Points by which the upload's own multipart upload was completed.
 COMPLETED_BY_THEN = set(list(S3_POINTS)[list(S3_POINTS).index("staging upload completed") :])
 
@@ -143,7 +149,10 @@ def test_s3_a_crash_at_any_closing_step_is_finished_by_the_retry(s3, short_lease
     api.driver = driver
     cases = {}
     for i, (point, (op, key)) in enumerate(S3_POINTS.items()):
-        for last_chunk in (0, PART + 10):
+        # With its last chunk in the PUT, the retry either writes it again (the child died
+        # before the publishing state was saved) or checks it against the saved hash.
+        variants = (0, PART + 10) if point in WITH_LAST_CHUNK else (0,)
+        for last_chunk in variants:
             seed = i * 2 + bool(last_chunk)  # every blob differs: the cases run at once
             if point.startswith("stored copy"):
                 api.push_blob("crash/elsewhere", pattern(3 * PART + 1000, seed))

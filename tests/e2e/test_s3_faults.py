@@ -92,7 +92,9 @@ def test_worker_killed_in_each_closing_step_loses_nothing(faulty_berth, fault_pr
         assert r.status_code == 202, r.text
         uploads.append((data, digest, loc, loc.rsplit("/", 1)[1], first))
     (_, _, _, id0, _), (_, digest1, _, _, _), (_, _, _, id2, _), (_, _, _, id3, _) = uploads
-    hold = {"action": "delay", "delay": 1.5, "nth": [1]}
+    # Held long enough for all four to get there on a busy machine (the kill comes as soon as
+    # they have), and shorter than the lease the retries wait out.
+    hold = {"action": "delay", "delay": 6, "nth": [1]}
     fault_proxy.faults.set(
         [
             {"op": "CompleteMultipartUpload", "key": f"uploads/{id0}/data$", **hold},
