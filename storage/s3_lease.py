@@ -1,10 +1,12 @@
 """Exclusive locks on S3/R2 as leases: a small object created with `If-None-Match: *`, holding
-the holder's random token and the seconds it is valid for.
+the holder's random token and its expiry.
 
-- A lease lasts LEASE_TTL seconds from its last write, measured on the store's clock (the
-  response's `Date` minus the object's `LastModified`), so instances with skewed clocks agree.
-  The holder renews it every LEASE_RENEW_EVERY seconds beside the request, so a crashed holder
-  blocks the upload for at most LEASE_TTL seconds.
+- A lease lasts LEASE_TTL seconds from its last write. It holds its expiry on the writer's
+  clock (the format older Berths read), and is taken over only once it is stale by both that
+  and the store's clock (the response's `Date` minus the object's `LastModified`): a reader
+  whose clock runs ahead cannot take a live lease. The holder renews it every
+  LEASE_RENEW_EVERY seconds beside the request, so a crashed holder blocks the upload for
+  LEASE_TTL seconds (plus any clock skew).
 - A conditional PUT whose response was lost is retried by boto3 and then refused (412) by the
   lease it created itself: on any 412 the lease is read back, and our own token means we hold it.
 - A request that finds the lease held waits, polling, up to the time it was given (the upload
@@ -89,7 +91,7 @@ class Lease:
         """PUT our token under `condition`; False if refused by someone else's lease."""
         from storage.s3 import crc32
 
-        body = f"{self._token} {LEASE_TTL:g}".encode()
+        body = f"{self._token} {time.time() + LEASE_TTL:.3f}".encode()
         client = self._driver.client
         try:
             with self._errors():
@@ -166,17 +168,17 @@ class Lease:
 
 
 def _expired(response: dict, fields: list[str]) -> bool:
-    """Whether a lease read in `response` has lapsed, on the store's clock when it tells it."""
+    """Whether a lease read in `response` has lapsed: its stated expiry has passed on our clock,
+    and LEASE_TTL seconds have passed since its last write on the store's clock."""
     try:
-        validity = float(fields[1])
+        expiry = float(fields[1])
     except (IndexError, ValueError):
         return True  # not a lease this code wrote: garbage, free to take
-    if validity > 1e9:
-        # A lease written by an older Berth: the absolute expiry on the writer's clock.
-        return validity < time.time()
-    now = time.time()
+    if expiry > time.time():
+        return False
+    store_now = time.time()
     date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
     if date:
         with contextlib.suppress(TypeError, ValueError):
-            now = parsedate_to_datetime(date[:29]).timestamp()
-    return now - response["LastModified"].timestamp() > validity
+            store_now = parsedate_to_datetime(date[:29]).timestamp()
+    return store_now - response["LastModified"].timestamp() > LEASE_TTL

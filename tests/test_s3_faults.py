@@ -314,3 +314,23 @@ def test_a_corrupted_small_read_is_read_again(reg, faults):
     assert got.status_code == 200
     assert got.content == body
     assert injected(faults) == [3]
+
+
+@pytest.mark.parametrize(
+    "stated,written_ago,expired",
+    [(+5, 60, False), (-5, 2, False), (-5, 60, True), (-5, 11.5, True)],
+    ids=["expiry-ahead", "store-says-fresh", "stale-by-both", "just-lapsed"],
+)
+def test_a_lease_is_taken_over_only_when_stale_by_both_clocks(stated, written_ago, expired):
+    """A lease states its expiry on the writer's clock (what older Berths read) and is judged
+    on the store's clock too: a reader whose clock runs ahead cannot take a live lease."""
+    from datetime import UTC, datetime, timedelta
+    from email.utils import format_datetime
+
+    store_now = datetime.now(UTC)
+    response = {
+        "LastModified": store_now - timedelta(seconds=written_ago),
+        "ResponseMetadata": {"HTTPHeaders": {"date": format_datetime(store_now, usegmt=True)}},
+    }
+    fields = ["token", f"{time.time() + stated:.3f}"]
+    assert storage.s3_lease._expired(response, fields) is expired
