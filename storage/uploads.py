@@ -117,20 +117,25 @@ class UploadService:
             # and the upload continues from it.
             with _abandon_on_failure(writer):
                 self._write_chunk(state, writer, body, content_range, content_length)
-                verified = state.hash.algorithm == digest.algorithm
-                if verified:
-                    self._verify(state, writer, digest, Digest(digest.algorithm, state.hash.hexdigest()))
-                    if self._blobs.exists_anywhere(digest):
-                        # Saved first, so a crash while dropping our copy leaves a session
-                        # whose retry links the stored one (the writer may be half gone).
-                        state.publishing = Publishing(digest, verified, *before, sealed=False)
-                        self._save(state)
-                        return self._keep_stored_copy(state, digest, writer)
-                sealed = writer.seal(paths.blob_data(digest))
-                if sealed is not None:
-                    state.writer = sealed
-                    state.publishing = Publishing(digest, verified, *before)
+            verified = state.hash.algorithm == digest.algorithm
+            if verified:
+                # A mismatch aborts the writer and ends the session: nothing left to abandon.
+                self._verify(state, writer, digest, Digest(digest.algorithm, state.hash.hexdigest()))
+            with _abandon_on_failure(writer):
+                stored = verified and self._blobs.exists_anywhere(digest)
+                if stored:
+                    # Saved first, so a crash while dropping our copy leaves a session whose
+                    # retry links the stored one (the writer may be half gone by then).
+                    state.publishing = Publishing(digest, verified, *before, sealed=False)
                     self._save(state)
+                else:
+                    sealed = writer.seal(paths.blob_data(digest))
+                    if sealed is not None:
+                        state.writer = sealed
+                        state.publishing = Publishing(digest, verified, *before)
+                        self._save(state)
+            if stored:
+                return self._keep_stored_copy(state, digest, writer)
             return self._publish(state, digest, writer, verified)
 
     def upload_whole(
