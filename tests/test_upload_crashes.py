@@ -81,6 +81,26 @@ class Upload:
         return self.api.request("GET", f"/v2/{self.repo}/blobs/{self.digest}").content
 
 
+class KilledPatch(Upload):
+    """A blob whose first PATCH dies right after making its multipart upload, which no saved
+    state records yet; `close()` sends that PATCH, then the closing PUT. The retried PATCH makes
+    a multipart upload at the same staging key and aborts the orphan."""
+
+    def __init__(self, api: Api, repo: str, size: int, seed: int) -> None:
+        self.api, self.repo = api, repo
+        self.data = pattern(size, seed)
+        self.digest = digest_of(self.data)
+        self.loc = api.request("POST", f"/v2/{repo}/blobs/uploads/").headers["Location"]
+        self.upload_id = self.loc.rsplit("/", 1)[1]
+
+    def close(self, api: Api | None = None):
+        headers = {"Content-Range": f"0-{len(self.data) - 1}"}
+        r = self.api.request("PATCH", self.loc, body=self.data, headers=headers)
+        if r.status_code != 202:
+            return r
+        return self.api.request("PUT", f"{self.loc}?digest={self.digest}")
+
+
 # -- S3 ----------------------------------------------------------------------------------------
 
 # Where the child dies: right after this S3 call (on a key matching the regex) returned.
@@ -158,6 +178,10 @@ def test_s3_a_crash_at_any_closing_step_is_finished_by_the_retry(s3, short_lease
                 api.push_blob("crash/elsewhere", pattern(3 * PART + 1000, seed))
             upload = Upload(api, f"crash/s3-{i}-{last_chunk}", 3 * PART + 1000, last_chunk, seed)
             cases[(point, last_chunk)] = (upload, s3_crash_hook(driver, op, key))
+    cases[("first PATCH: multipart upload made", 0)] = (
+        KilledPatch(api, "crash/s3-patch", 3 * PART + 5, len(cases)),
+        s3_crash_hook(driver, "UploadPart", ""),
+    )
     for point in ("staging upload completed", "copy completed", "staging object deleted"):
         upload = Upload(api, "crash/s3-sha512", 3 * PART + 1000, 0, len(cases), sha512=True)
         cases[(f"{point} (read back)", 0)] = (upload, s3_crash_hook(driver, *S3_POINTS[point]))
@@ -183,26 +207,6 @@ def test_s3_a_crash_at_any_closing_step_is_finished_by_the_retry(s3, short_lease
     assert upload_objects(api.driver) == []
     assert unreferenced_multipart_uploads(api.driver) == []
     assert open_multipart_uploads(api.driver) == []
-
-
-def test_s3_a_patch_killed_after_creating_its_multipart_upload_leaves_no_orphan(s3, short_leases, tmp_path):
-    """The killed PATCH made a multipart upload no saved state records; the retried PATCH
-    makes its own at the same staging key and aborts the orphan."""
-    driver = s3.driver(s3.fresh_prefix())
-    api = Api(testing.TestClient(create_app(make_settings(tmp_path / "unused"), driver)), tmp_path)
-    data = pattern(3 * PART + 5, seed=99)
-    loc = api.request("POST", "/v2/crash/patch/blobs/uploads/").headers["Location"]
-
-    def patch():
-        api.request("PATCH", loc, body=data, headers={"Content-Range": f"0-{len(data) - 1}"})
-
-    assert run_and_crash(s3_crash_hook(driver, "UploadPart", ""), patch) == CRASHED
-    assert len(open_multipart_uploads(driver)) == 1  # the orphan
-    r = api.request("PATCH", loc, body=data, headers={"Content-Range": f"0-{len(data) - 1}"})
-    assert r.status_code == 202, r.text
-    assert api.request("PUT", f"{loc}?digest={digest_of(data)}").status_code == 201
-    assert open_multipart_uploads(driver) == []
-    assert upload_objects(driver) == []
 
 
 # -- local disk --------------------------------------------------------------------------------
