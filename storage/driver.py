@@ -68,9 +68,18 @@ class AppendWriter(ABC):
         """The bytes written so far (used only when a client asks for an unexpected digest
         algorithm, so the running hash cannot answer)."""
 
+    def seal(self, final_key: str) -> dict[str, Any] | None:
+        """No more bytes will come, and the writer is about to be committed to `final_key`:
+        make every byte durable where a writer resumed from the returned state can commit it,
+        and return that state. A commit cut short (a crash, a storage error) is then finished
+        by committing a writer resumed from it, in any process. None means the commit is a
+        single atomic step that needs no saved state: it is simply done again from the bytes."""
+        return self.state()
+
     @abstractmethod
     def commit(self, final_key: str) -> None:
-        """Atomically make the written bytes the object at `final_key`."""
+        """Atomically make the written bytes the object at `final_key`. A writer resumed from
+        `seal()`'s state finishes whatever part of the commit a previous attempt did not."""
 
     @abstractmethod
     def abort(self) -> None:
@@ -121,10 +130,12 @@ class StorageDriver(ABC):
         directly, invisibly until commit."""
 
     @abstractmethod
-    def exclusive(self, key: str) -> AbstractContextManager[None]:
-        """Hold an exclusive, non-blocking lock named `key` across processes and instances
-        sharing this storage; raises ObjectBusy at once if another holder has it. A backend
-        may refuse (ObjectNotFound) a lock whose parent prefix holds nothing."""
+    def exclusive(self, key: str, wait: float = 0.0) -> AbstractContextManager[None]:
+        """Hold an exclusive lock named `key` across processes and instances sharing this
+        storage. If another holder has it, wait up to `wait` seconds for it to go, then raise
+        ObjectBusy. A holder that dies loses the lock: at once on local disk, after a lease of
+        a few seconds on object stores (see their drivers). A backend may refuse
+        (ObjectNotFound) a lock whose parent prefix holds nothing."""
 
     def redirect_url(self, key: str, expires_in: int = 1200) -> str | None:
         """A URL a client can fetch the object from directly, bypassing the registry; None

@@ -8,6 +8,7 @@ import os
 import secrets
 import shutil
 import stat
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -249,7 +250,7 @@ class FilesystemDriver(StorageDriver):
         return FilesystemAppendWriter(self, key, resume)
 
     @contextmanager
-    def exclusive(self, key: str) -> Iterator[None]:
+    def exclusive(self, key: str, wait: float = 0.0) -> Iterator[None]:
         path = self.path(key)
         try:
             with write_errors(key):
@@ -258,12 +259,18 @@ class FilesystemDriver(StorageDriver):
             # Locks live beside what they protect: no parent, nothing to lock.
             raise ObjectNotFound(key) from None
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno in (errno.EAGAIN, errno.EACCES):
-                    raise ObjectBusy(key) from None
-                raise
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                        raise
+                    if time.monotonic() >= deadline:
+                        raise ObjectBusy(key) from None
+                # Poll: a blocking flock would stall every request of a gevent worker.
+                time.sleep(min(0.05, max(deadline - time.monotonic(), 0)))
             yield
         finally:
             os.close(fd)

@@ -6,11 +6,12 @@ re-cuts the stream into equal parts as R2 demands. Every S3 error is translated 
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
-import secrets
-import threading
+import random
 import time
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -26,10 +27,9 @@ from storage.driver import (
 
 log = logging.getLogger("berth.s3")
 
-# Locks are leases: a crashed holder's lock expires. Holders renew well before expiry.
-LOCK_TTL = 60.0
-LOCK_RENEW_EVERY = 15.0
 READ_CHUNK = 1024 * 1024
+SMALL_READ_ATTEMPTS = 4  # whole reads of small objects (state, carries, manifests, tags, leases)
+STREAM_RESUMES = 3  # reopenings of a blob stream in a row without a byte read in between
 
 
 class BackendUnavailable(StorageError):
@@ -79,25 +79,73 @@ def s3_errors(key: str) -> Iterator[None]:
         raise _translate(exc, key) from exc
 
 
-class S3Reader:
-    """A ranged object body, read in pieces; never the whole object at once."""
+def crc32(data: bytes) -> dict[str, str]:
+    """The CRC32 parameter for a PUT, computed here so it travels as a header (botocore would
+    send its own as an aws-chunked trailer over HTTPS, which R2 refuses). The store checks it on
+    arrival and returns it with every whole-object GET."""
+    value = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+    return {"ChecksumAlgorithm": "CRC32", "ChecksumCRC32": value}
 
-    def __init__(self, body) -> None:
-        self._body = body
+
+class S3Reader:
+    """A ranged object body, read in pieces; never the whole object at once. A body that breaks
+    mid-stream (a reset, a short read) is reopened where it broke, with `If-Match` on the ETag
+    so the bytes cannot come from another version of the object."""
+
+    def __init__(self, driver: S3Driver, key: str, start: int, response: dict) -> None:
+        self._driver = driver
+        self._key = key
+        self._body = response["Body"]
+        self._etag = response.get("ETag")
+        self._pos = start
+        self._end = start + int(response.get("ContentLength", 0))
+        self._failures = 0
 
     def read(self, size: int = -1) -> bytes:
-        with s3_errors("body"):
-            return self._body.read(READ_CHUNK if size is None or size < 0 else size)
+        from botocore.exceptions import BotoCoreError
+
+        wanted = READ_CHUNK if size is None or size < 0 else size
+        wanted = min(wanted, self._end - self._pos)
+        while wanted > 0:
+            try:
+                chunk = self._body.read(wanted)
+                if not chunk:  # ended early without an error: a truncation all the same
+                    raise BackendUnavailable("object body ended early")
+            except (BotoCoreError, BackendUnavailable) as exc:
+                self._failures += 1
+                if self._failures > STREAM_RESUMES:
+                    raise BackendUnavailable(f"object body broke {self._failures} times: {exc}") from exc
+                log.info("resuming %s at byte %d after: %s", self._key, self._pos, exc)
+                self._reopen()
+                continue
+            self._failures = 0
+            self._pos += len(chunk)
+            return chunk
+        return b""
+
+    def _reopen(self) -> None:
+        self._body.close()
+        condition = {"IfMatch": self._etag} if self._etag else {}
+        with s3_errors(self._key):
+            self._body = self._driver.client.get_object(
+                Bucket=self._driver.bucket,
+                Key=self._driver.object_key(self._key),
+                Range=f"bytes={self._pos}-{self._end - 1}",
+                **condition,
+            )["Body"]
 
     def close(self) -> None:
         self._body.close()
 
 
 class S3Driver(StorageDriver):
-    def __init__(self, settings: S3Settings) -> None:
+    def __init__(self, settings: S3Settings, session=None) -> None:
+        """`session`: a boto3 session to make clients from; by default the driver makes its
+        own (tests that make many drivers share one: loading boto3's models takes 0.2 s)."""
         self.settings = settings
         self.part_size = settings.part_size
         self._prefix = f"{settings.prefix}/" if settings.prefix else ""
+        self._session = session
         self._client = None
         self._client_pid = None
 
@@ -122,9 +170,10 @@ class S3Driver(StorageDriver):
                 response_checksum_validation="when_required",
                 s3={"addressing_style": "path"},
             )
-            self._client = boto3.session.Session().client(
-                "s3", endpoint_url=self.settings.endpoint_url, config=config
-            )
+            if self._session is None:
+                # Kept across forks: a process's client is new, the parsed API models are not.
+                self._session = boto3.session.Session()
+            self._client = self._session.client("s3", endpoint_url=self.settings.endpoint_url, config=config)
             self._client_pid = os.getpid()
         return self._client
 
@@ -141,12 +190,38 @@ class S3Driver(StorageDriver):
     # -- small objects -----------------------------------------------------------------------
 
     def read_bytes(self, key: str) -> bytes:
-        with s3_errors(key):
-            return self.client.get_object(Bucket=self.bucket, Key=self.object_key(key))["Body"].read()
+        return self.get_whole(key)[1]
+
+    def get_whole(self, key: str) -> tuple[dict, bytes]:
+        """A small object's response and whole body. boto3 retries a failed request, but not a
+        body that breaks while it is read (a reset, a truncation): read the whole object
+        again a few times before giving up."""
+        from botocore.exceptions import BotoCoreError
+
+        object_key = self.object_key(key)
+        for attempt in range(SMALL_READ_ATTEMPTS):
+            with s3_errors(key):
+                # Small objects carry a CRC32 (see write_bytes): botocore checks it as the body
+                # is read, so a corrupted read is read again rather than used.
+                response = self.client.get_object(Bucket=self.bucket, Key=object_key, ChecksumMode="ENABLED")
+            try:
+                data = response["Body"].read()
+                expected = response.get("ContentLength")
+                if expected is not None and len(data) != int(expected):
+                    raise BackendUnavailable(f"read {len(data)} of {expected} bytes")
+                return response, data
+            except (BotoCoreError, BackendUnavailable) as exc:
+                if attempt == SMALL_READ_ATTEMPTS - 1:
+                    raise BackendUnavailable(
+                        f"reading {key} failed {SMALL_READ_ATTEMPTS} times: {exc}"
+                    ) from exc
+                log.info("reading %s again after: %s", key, exc)
+                time.sleep(0.05 * 2**attempt * (0.5 + random.random()))  # noqa: S311 - jitter
+        raise AssertionError("unreachable")
 
     def write_bytes(self, key: str, data: bytes) -> None:
         with s3_errors(key):
-            self.client.put_object(Bucket=self.bucket, Key=self.object_key(key), Body=data)
+            self.client.put_object(Bucket=self.bucket, Key=self.object_key(key), Body=data, **crc32(data))
 
     def size(self, key: str) -> int:
         with s3_errors(key):
@@ -157,15 +232,15 @@ class S3Driver(StorageDriver):
         with s3_errors(key):
             if length == 0:
                 self.client.head_object(Bucket=self.bucket, Key=object_key)
-                return S3Reader(_EmptyBody())
+                return S3Reader(self, key, start, {"Body": _EmptyBody()})
             byte_range = f"bytes={start}-" if length is None else f"bytes={start}-{start + length - 1}"
             try:
-                body = self.client.get_object(Bucket=self.bucket, Key=object_key, Range=byte_range)["Body"]
+                response = self.client.get_object(Bucket=self.bucket, Key=object_key, Range=byte_range)
             except Exception as exc:
                 if _is_invalid_range(exc):  # start at or past the end: an empty read
-                    return S3Reader(_EmptyBody())
+                    return S3Reader(self, key, start, {"Body": _EmptyBody()})
                 raise
-            return S3Reader(body)
+            return S3Reader(self, key, start, response)
 
     def list_children(self, prefix: str) -> list[str]:
         base = self.object_key(prefix) + "/"
@@ -200,9 +275,11 @@ class S3Driver(StorageDriver):
         return S3AppendWriter(self, key, resume, target)
 
     @contextmanager
-    def exclusive(self, key: str) -> Iterator[None]:
-        lease = _Lease(self, self.object_key(key), key)
-        lease.acquire()
+    def exclusive(self, key: str, wait: float = 0.0) -> Iterator[None]:
+        from storage.s3_lease import Lease
+
+        lease = Lease(self, key)
+        lease.acquire(wait)
         try:
             yield
         finally:
@@ -241,82 +318,3 @@ class _EmptyBody:
 def _is_invalid_range(exc: Exception) -> bool:
     response = getattr(exc, "response", None) or {}
     return response.get("Error", {}).get("Code") == "InvalidRange"
-
-
-class _Lease:
-    """A lock object created with If-None-Match: *; it expires unless renewed, so a crashed
-    holder never blocks an upload for long. Renewal runs beside the request (a greenlet under
-    gevent) while the lock is held."""
-
-    def __init__(self, driver: S3Driver, object_key: str, key: str) -> None:
-        self._driver = driver
-        self._object_key = object_key
-        self._key = key
-        self._token = secrets.token_hex(16)
-        self._etag: str | None = None
-        self._stop = threading.Event()
-        self._renewer: threading.Thread | None = None
-
-    def _body(self) -> bytes:
-        return f"{self._token} {time.time() + LOCK_TTL:.3f}".encode()
-
-    def acquire(self) -> None:
-        client, bucket = self._driver.client, self._driver.bucket
-        try:
-            with s3_errors(self._key):
-                self._etag = client.put_object(
-                    Bucket=bucket, Key=self._object_key, Body=self._body(), IfNoneMatch="*"
-                )["ETag"]
-        except ObjectBusy:
-            self._take_over_if_expired()
-        self._renewer = threading.Thread(target=self._renew, daemon=True)
-        self._renewer.start()
-
-    def _take_over_if_expired(self) -> None:
-        client, bucket = self._driver.client, self._driver.bucket
-        try:
-            with s3_errors(self._key):
-                current = client.get_object(Bucket=bucket, Key=self._object_key)
-                holder = current["Body"].read().decode(errors="replace").split()
-        except ObjectNotFound:
-            holder = []
-            current = None
-        try:
-            expired = len(holder) != 2 or float(holder[1]) < time.time()
-        except ValueError:
-            expired = True
-        if not expired:
-            raise ObjectBusy(self._key)
-        with s3_errors(self._key):
-            if current is None:
-                self._etag = client.put_object(
-                    Bucket=bucket, Key=self._object_key, Body=self._body(), IfNoneMatch="*"
-                )["ETag"]
-            else:
-                self._etag = client.put_object(
-                    Bucket=bucket, Key=self._object_key, Body=self._body(), IfMatch=current["ETag"]
-                )["ETag"]
-
-    def _renew(self) -> None:
-        while not self._stop.wait(LOCK_RENEW_EVERY):
-            try:
-                with s3_errors(self._key):
-                    self._etag = self._driver.client.put_object(
-                        Bucket=self._driver.bucket,
-                        Key=self._object_key,
-                        Body=self._body(),
-                        IfMatch=self._etag,
-                    )["ETag"]
-            except StorageError as exc:
-                log.warning("lost the lease on %s: %s", self._key, exc)
-                return
-
-    def release(self) -> None:
-        self._stop.set()
-        if self._renewer is not None:
-            self._renewer.join(timeout=5)
-        try:
-            with s3_errors(self._key):
-                self._driver.client.delete_object(Bucket=self._driver.bucket, Key=self._object_key)
-        except StorageError as exc:
-            log.warning("could not release the lease on %s: %s", self._key, exc)

@@ -1,70 +1,40 @@
 """Blob uploads whose whole state lives in storage, so any process on any instance sharing the
 storage can serve an upload's next request: the bytes (through the driver's AppendWriter), the
-running digest (a resumable hash, see storage/hashing.py) and who owns the session."""
+running digest (a resumable hash, see storage/hashing.py) and who owns the session.
+
+Finishing is resumable. Once the closing PUT has every byte and the digest checks, the writer is
+sealed and the session saved as publishing (storage/upload_state.py) before anything becomes
+visible; then the blob is committed, linked, and the session ends. Every step can be done again:
+a retried PUT of a publishing session (after a crash, a kill or a storage error at any step)
+finishes what is left, whether or not it resends its last chunk. Only a digest mismatch or a
+cancel ends a session without publishing it."""
 
 from __future__ import annotations
 
-import json
+import logging
 import re
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from contextlib import ExitStack, contextmanager
 
-from errors import BlobUploadInvalid, BlobUploadUnknown, DigestInvalid, RangeInvalid, SizeInvalid
+from errors import BlobUnknown, BlobUploadUnknown, DigestInvalid, RangeInvalid, SizeInvalid, Unavailable
 from storage import paths
 from storage.blobs import BlobInfo, BlobStore
 from storage.digests import Digest
 from storage.driver import AppendWriter, ObjectBusy, ObjectNotFound, StorageDriver, StorageError
-from storage.hashing import HashStateError, ResumableHash
+from storage.hashing import ResumableHash
+from storage.upload_state import Publishing, UploadState, copy_hash
+
+__all__ = ["LOCK_WAIT", "UploadService", "UploadState", "range_headers", "upload_range"]
+
+log = logging.getLogger("berth.uploads")
 
 _UPLOAD_ID_RE = re.compile(r"[a-f0-9-]{36}")
-STATE_VERSION = 1
-
-
-@dataclass
-class UploadState:
-    upload_id: str
-    name: str
-    owner: str
-    started: float
-    size: int
-    hash: ResumableHash
-    writer: dict[str, Any] | None  # the driver's resume state; None before the first byte
-
-    def to_json(self) -> bytes:
-        return json.dumps(
-            {
-                "v": STATE_VERSION,
-                "name": self.name,
-                "owner": self.owner,
-                "started": self.started,
-                "size": self.size,
-                "hash_algorithm": self.hash.algorithm,
-                "hash_state": self.hash.export(),
-                "writer": self.writer,
-            }
-        ).encode()
-
-    @classmethod
-    def from_json(cls, upload_id: str, raw: bytes) -> UploadState:
-        try:
-            doc = json.loads(raw)
-            if doc.get("v") != STATE_VERSION:
-                raise ValueError("unknown state version")
-            return cls(
-                upload_id=upload_id,
-                name=str(doc["name"]),
-                owner=str(doc["owner"]),
-                started=float(doc["started"]),
-                size=int(doc["size"]),
-                hash=ResumableHash.restore(doc["hash_algorithm"], doc["hash_state"]),
-                writer=doc["writer"],
-            )
-        except (ValueError, KeyError, TypeError, HashStateError) as exc:
-            raise StorageError(f"corrupt upload state {upload_id}: {exc}") from exc
+# How long a request waits for another one writing the same upload before answering 503. Longer
+# than an S3 lease (storage/s3_lease.py), so a client's retry after a crash never sees the dead
+# request's lock.
+LOCK_WAIT = 15.0
 
 
 class UploadService:
@@ -84,8 +54,12 @@ class UploadService:
 
     def cancel(self, name: str, upload_id: str, owner: str) -> None:
         with self._locked(name, upload_id, owner) as state:
-            writer = self._open_writer(state)
-            writer.abort()  # also aborts a multipart upload in progress
+            try:
+                writer = self._open_writer(state)
+            except BlobUploadUnknown:
+                writer = None  # its bytes already went to their final key
+            if writer is not None:
+                writer.abort()  # also aborts multipart uploads in progress
             self._driver.delete_prefix(paths.upload_dir(upload_id))
 
     def append(
@@ -100,6 +74,11 @@ class UploadService:
         """A PATCH: add a chunk. The state is saved only once the whole chunk is in, so a
         request that fails half way leaves the upload exactly where it was."""
         with self._locked(name, upload_id, owner) as state:
+            if state.publishing is not None:
+                raise RangeInvalid(
+                    "the upload has all its bytes: only its closing PUT may be sent again",
+                    headers=range_headers(state),
+                )
             writer = self._open_writer(state)
             with _abandon_on_failure(writer):
                 self._write_chunk(state, writer, body, content_range, content_length)
@@ -118,7 +97,14 @@ class UploadService:
         content_length: int | None,
     ) -> BlobInfo:
         """The closing PUT: take an optional last chunk, verify the digest, publish the blob."""
-        with self._locked(name, upload_id, owner) as state:
+        with ExitStack() as stack:
+            try:
+                state = stack.enter_context(self._locked(name, upload_id, owner))
+            except BlobUploadUnknown as unknown:
+                return self._finished_before(name, digest, body, unknown)
+            if state.publishing is not None:
+                self._check_retry(state, digest, body, content_range, content_length)
+                return self._publish(state, digest, None, state.publishing.verified)
             target = None
             if state.writer is None:
                 # Nothing received before this request: the digest is known before the first
@@ -126,59 +112,167 @@ class UploadService:
                 state.hash = ResumableHash(digest.algorithm)
                 target = paths.blob_data(digest)
             writer = self._open_writer(state, target)
-            # If the last chunk fails, the saved state is untouched and the upload continues
-            # from it.
+            before = (state.size, copy_hash(state.hash))
+            # Until the publishing state is saved, a failure leaves the saved state untouched
+            # and the upload continues from it.
             with _abandon_on_failure(writer):
                 self._write_chunk(state, writer, body, content_range, content_length)
-            return self._publish(state, writer, digest)
+            verified = state.hash.algorithm == digest.algorithm
+            if verified:
+                # A mismatch aborts the writer and ends the session: nothing left to abandon.
+                self._verify(state, writer, digest, Digest(digest.algorithm, state.hash.hexdigest()))
+            with _abandon_on_failure(writer):
+                stored = verified and self._blobs.exists_anywhere(digest)
+                if stored:
+                    # Saved first, so a crash while dropping our copy leaves a session whose
+                    # retry links the stored one (the writer may be half gone by then).
+                    state.publishing = Publishing(digest, verified, *before, sealed=False)
+                    self._save(state)
+                else:
+                    sealed = writer.seal(paths.blob_data(digest))
+                    if sealed is not None:
+                        state.writer = sealed
+                        state.publishing = Publishing(digest, verified, *before)
+                        self._save(state)
+            if stored:
+                return self._keep_stored_copy(state, digest, writer)
+            return self._publish(state, digest, writer, verified)
 
     def upload_whole(
         self, name: str, owner: str, digest: Digest, body: Iterable[bytes], content_length: int | None
     ) -> BlobInfo:
-        """A monolithic POST `?digest=`: the whole blob in one request, no session kept."""
+        """A monolithic POST `?digest=`: the whole blob in one request, no session kept. Any
+        failure discards everything; the client sends the blob again."""
         state = UploadState(
             str(uuid.uuid4()), name, owner, time.time(), 0, ResumableHash(digest.algorithm), None
         )
-        writer = self._driver.append_writer(
-            paths.upload_data(state.upload_id), target=paths.blob_data(digest)
-        )
+        final = paths.blob_data(digest)
+        writer = self._driver.append_writer(paths.upload_data(state.upload_id), target=final)
         try:
             self._write_chunk(state, writer, body, None, content_length)
-        except BaseException:
-            writer.abort()
-            self._driver.delete_prefix(paths.upload_dir(state.upload_id))
-            raise
-        return self._publish(state, writer, digest)
-
-    # -- internals ---------------------------------------------------------------------------
-
-    def _publish(self, state: UploadState, writer: AppendWriter, digest: Digest) -> BlobInfo:
-        try:
-            actual = self._actual_digest(state, writer, digest.algorithm)
+            actual = Digest(digest.algorithm, state.hash.hexdigest())
             if actual != digest:
-                writer.abort()
                 raise DigestInvalid(detail={"expected": str(digest), "actual": str(actual)})
-            # A failure below leaves the upload to the finally's cleanup; `abort` also ends
-            # a multipart upload that never completed.
             if self._blobs.exists_anywhere(digest):
                 writer.abort()  # same bytes are already stored: keep one copy
             else:
-                writer.commit(paths.blob_data(digest))
-            self._blobs.link(state.name, digest)
-            return BlobInfo(digest, state.size)
+                writer.commit(final)
+            self._blobs.link(name, digest)
+        except BaseException:
+            _quietly(writer.abort, "abort a failed monolithic upload")
+            raise
         finally:
-            # Success or digest mismatch, the session is over (distribution does the same).
-            self._driver.delete_prefix(paths.upload_dir(state.upload_id))
+            _quietly(lambda: self._driver.delete_prefix(paths.upload_dir(state.upload_id)), "clean up")
+        return BlobInfo(digest, state.size)
 
-    def _actual_digest(self, state: UploadState, writer: AppendWriter, algorithm: str) -> Digest:
-        if state.hash.algorithm == algorithm:
-            return Digest(algorithm, state.hash.hexdigest())
-        # The client finished with another algorithm than the one hashed on the way in:
-        # the only case that reads the upload back.
-        rehash = ResumableHash(algorithm)
-        for chunk in writer.read_back():
+    # -- finishing ---------------------------------------------------------------------------
+
+    def _publish(
+        self, state: UploadState, digest: Digest, writer: AppendWriter | None, verified: bool
+    ) -> BlobInfo:
+        """Commit, link and end a session whose bytes are all in (sealed). `writer` is None for
+        a retried PUT: whatever an earlier attempt did is found in storage and not redone."""
+        if writer is None:
+            if verified and self._blobs.exists_anywhere(digest):
+                return self._keep_stored_copy(state, digest, self._open_writer_if_any(state))
+            if state.publishing is not None and not state.publishing.sealed:
+                # The stored copy it was to share is gone, and our bytes were never sealed.
+                stale = self._open_writer_if_any(state)
+                if stale is not None:
+                    stale.abort()
+                self._end(state)
+                raise BlobUploadUnknown(detail={"upload": state.upload_id})
+            writer = self._open_writer(state)
+        if not verified:
+            # The client finished with another algorithm than the one hashed on the way in:
+            # the only case that reads the upload back.
+            rehash = ResumableHash(digest.algorithm)
+            for chunk in writer.read_back():
+                rehash.update(chunk)
+            self._verify(state, writer, digest, Digest(digest.algorithm, rehash.hexdigest()))
+            if state.publishing is not None:
+                # Saved, so a retry after the commit below finds the blob instead of reading
+                # back a staging object the commit consumed.
+                state.publishing.verified = True
+                self._save(state)
+            if self._blobs.exists_anywhere(digest):
+                return self._keep_stored_copy(state, digest, writer)
+        writer.commit(paths.blob_data(digest))
+        self._blobs.link(state.name, digest)
+        self._end(state)
+        return BlobInfo(digest, state.size)
+
+    def _keep_stored_copy(self, state: UploadState, digest: Digest, writer: AppendWriter | None) -> BlobInfo:
+        """The same bytes are already stored: link them and drop ours. Linking first, so a crash
+        in between leaves a session whose retry does the same."""
+        self._blobs.link(state.name, digest)
+        if writer is not None:
+            writer.abort()
+        self._end(state)
+        return BlobInfo(digest, state.size)
+
+    def _verify(self, state: UploadState, writer: AppendWriter, digest: Digest, actual: Digest) -> None:
+        if actual != digest:
+            # The session is over (distribution does the same): nothing becomes visible.
+            writer.abort()
+            self._end(state)
+            raise DigestInvalid(detail={"expected": str(digest), "actual": str(actual)})
+
+    def _check_retry(
+        self,
+        state: UploadState,
+        digest: Digest,
+        body: Iterable[bytes],
+        content_range: tuple[int, int] | None,
+        content_length: int | None,
+    ) -> None:
+        """A closing PUT of a session an earlier PUT sealed: it may resend the last chunk (its
+        bytes must then hash to the same state; they are not written again) or send nothing.
+        A retry that does not match is refused and the sealed session kept for a good one."""
+        pub = state.publishing
+        assert pub is not None
+        if digest != pub.digest:
+            raise DigestInvalid(
+                "the upload was closed with another digest",
+                detail={"expected": str(pub.digest), "digest": str(digest)},
+            )
+        if content_range is not None and content_range[0] != pub.size_before:
+            raise RangeInvalid(
+                "chunk does not start where the closing chunk started",
+                headers=range_headers(state),
+                detail={"expected_start": pub.size_before, "start": content_range[0]},
+            )
+        rehash, received = copy_hash(pub.hash_before), 0
+        for chunk in body:
             rehash.update(chunk)
-        return Digest(algorithm, rehash.hexdigest())
+            received += len(chunk)
+        if content_range is not None and received != content_range[1] - content_range[0] + 1:
+            raise SizeInvalid("body length does not match Content-Range")
+        if received and (
+            pub.size_before + received != state.size or rehash.hexdigest() != state.hash.hexdigest()
+        ):
+            raise DigestInvalid("the resent chunk differs from the one received before")
+
+    def _finished_before(
+        self, name: str, digest: Digest, body: Iterable[bytes], unknown: BlobUploadUnknown
+    ) -> BlobInfo:
+        """A closing PUT of an unknown session. If its blob is linked in the repository, this is
+        most likely a retry of a PUT that succeeded but whose answer was lost: say so (201).
+        Nothing is revealed: whoever may push here can learn as much with a manifest PUT."""
+        try:
+            info = self._blobs.stat(name, digest)
+        except BlobUnknown:
+            raise unknown from None
+        for _chunk in body:
+            pass  # the resent bytes are not needed
+        return info
+
+    def _end(self, state: UploadState) -> None:
+        """The session is over. Once the blob is published, failing to delete the session is
+        no error for the client: a retry finds the blob, and the purge finds the leftovers."""
+        _quietly(lambda: self._driver.delete_prefix(paths.upload_dir(state.upload_id)), "end the session")
+
+    # -- internals ---------------------------------------------------------------------------
 
     def _write_chunk(
         self,
@@ -215,6 +309,12 @@ class UploadService:
         except ObjectNotFound:
             raise BlobUploadUnknown(detail={"upload": state.upload_id}) from None
 
+    def _open_writer_if_any(self, state: UploadState) -> AppendWriter | None:
+        try:
+            return self._open_writer(state)
+        except BlobUploadUnknown:
+            return None  # e.g. renamed into place already: nothing left to abort
+
     def _load(self, name: str, upload_id: str, owner: str) -> UploadState:
         if not _UPLOAD_ID_RE.fullmatch(upload_id):
             raise BlobUploadUnknown(detail={"upload": upload_id})
@@ -235,14 +335,19 @@ class UploadService:
     @contextmanager
     def _locked(self, name: str, upload_id: str, owner: str) -> Iterator[UploadState]:
         """The upload's state, read under its exclusive lock: only one request writes an
-        upload at a time. Unknown uploads are refused before any lock is taken."""
+        upload at a time. Unknown uploads are refused before any lock is taken. A request
+        finding the upload busy waits for it (a client's retry may overtake the server's end
+        of the request it gave up on, and a crashed holder's lock takes a while to lapse)."""
         self._load(name, upload_id, owner)
         try:
-            lock = self._driver.exclusive(paths.upload_lock(upload_id))
+            lock = self._driver.exclusive(paths.upload_lock(upload_id), wait=LOCK_WAIT)
             lock.__enter__()
         except ObjectBusy:
-            # A second request while one is writing is out of order by definition.
-            raise BlobUploadInvalid("another request is writing this upload", status=416) from None
+            raise Unavailable(
+                "another request is writing this upload",
+                headers={"Retry-After": "5"},
+                detail={"upload": upload_id},
+            ) from None
         except ObjectNotFound:
             raise BlobUploadUnknown(detail={"upload": upload_id}) from None
         try:
@@ -258,6 +363,13 @@ def _abandon_on_failure(writer: AppendWriter) -> Iterator[None]:
     except BaseException:
         writer.abandon()
         raise
+
+
+def _quietly(action, what: str) -> None:
+    try:
+        action()
+    except StorageError as exc:
+        log.warning("could not %s: %s", what, exc)
 
 
 def range_headers(state: UploadState) -> dict[str, str]:

@@ -44,13 +44,13 @@ class R2StrictChecker:
         self.completed.append(sizes)
 
 
-def check_part_sizes(sizes: list[int]) -> None:
+def check_part_sizes(sizes: list[int], min_part: int = MIN_PART) -> None:
     if not sizes:
         raise R2RuleViolation("no parts")
     head, last = sizes[:-1], sizes[-1]
     if head and len(set(head)) != 1:
         raise R2RuleViolation(f"All non-trailing parts must have the same length: {sizes}")
-    if head and head[0] < MIN_PART:
+    if head and head[0] < min_part:
         raise R2RuleViolation(f"parts smaller than 5 MiB: {sizes}")
     if head and last > head[0]:
         raise R2RuleViolation(f"last part larger than the others: {sizes}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import pytest
 
@@ -241,3 +242,55 @@ def test_filesystem_write_survives_a_concurrent_prune(tmp_path, monkeypatch):
     driver.write_bytes("repo/_tags/v1", b"sha256:abc")
     assert pruned
     assert driver.read_bytes("repo/_tags/v1") == b"sha256:abc"
+
+
+def test_exclusive_lock_waits_for_its_holder(make_driver):
+    """A lock taken with a wait is granted when the holder lets go within it; when the holder
+    keeps it, the wait ends with ObjectBusy after about `wait` seconds."""
+    a, b = make_driver(), make_driver()
+    a.check()
+    a.write_bytes("up/5/state", b"{}")
+    holding = a.exclusive("up/5/lock")
+    holding.__enter__()
+    threading.Timer(0.3, lambda: holding.__exit__(None, None, None)).start()
+    started = time.monotonic()
+    with b.exclusive("up/5/lock", wait=10):
+        assert time.monotonic() - started >= 0.25
+    with a.exclusive("up/5/lock"):
+        started = time.monotonic()
+        with pytest.raises(ObjectBusy), b.exclusive("up/5/lock", wait=0.5):
+            pass
+        assert 0.45 <= time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("size", [1000, 6 * 1024 * 1024 + 11], ids=["small", "multipart"])
+def test_sealed_writer_is_committed_by_a_resumed_writer(make_driver, size):
+    """seal() makes every byte durable for a commit that another process may finish: a writer
+    resumed from the sealed state commits the same bytes (None: the commit is one atomic
+    step, done by the writer itself)."""
+    d = make_driver()
+    d.check()
+    data = os.urandom(size)
+    writer = d.append_writer("up/6/data")
+    writer.write(data[:700])
+    resumed = make_driver().append_writer("up/6/data", resume=writer.state())
+    resumed.write(data[700:])
+    sealed = resumed.seal("final/6")
+    committer = resumed if sealed is None else make_driver().append_writer("up/6/data", resume=sealed)
+    assert committer.size == size
+    committer.commit("final/6")
+    assert d.read_bytes("final/6") == data
+
+
+def test_abort_of_a_sealed_writer_leaves_nothing(make_driver):
+    d = make_driver()
+    d.check()
+    writer = d.append_writer("up/7/data")
+    writer.write(os.urandom(6 * 1024 * 1024 + 5))
+    sealed = writer.seal("final/7")
+    if sealed is not None:
+        make_driver().append_writer("up/7/data", resume=sealed).abort()
+    else:
+        writer.abort()
+    assert not d.exists("up/7/data")
+    assert not d.exists("final/7")

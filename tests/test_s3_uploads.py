@@ -213,3 +213,16 @@ def test_missing_bucket_is_a_clear_startup_error(s3_bucket):
 
     with pytest.raises(StorageError, match="does not exist"):
         S3Driver(S3Settings(bucket="no-such-bucket", region="us-east-1")).check()
+
+
+def test_sealed_abort_leaves_no_multipart_upload(make_s3_driver):
+    """A sealed upload holds two multipart uploads (its own, and the copy's at the final key):
+    aborting a writer resumed from the sealed state ends both."""
+    driver = make_s3_driver()
+    writer = driver.append_writer("uploads/x/data")
+    writer.write(pattern(6 * MiB, seed=9))
+    sealed = writer.seal("blobs/final")
+    assert sealed["copy_mpu"] and sealed["mpu"]
+    assert len(leftovers(driver)[1]) == 2
+    make_s3_driver().append_writer("uploads/x/data", resume=sealed).abort()
+    assert leftovers(driver)[1] == []

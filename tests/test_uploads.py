@@ -309,3 +309,29 @@ def test_mount_without_from_for_a_user_who_may_read_everything(api, repo):
     assert api.request("GET", f"/v2/{repo}/blobs/{digest}").content == data
     r = api.request("POST", f"/v2/{repo}/blobs/uploads/?mount={sha256(b'unknown')}")
     assert r.status_code == 202
+
+
+def test_a_request_waits_for_another_writing_the_upload(api, repo, monkeypatch):
+    """A client's retry can overtake the server's end of the request it gave up on: it waits
+    for the lock instead of failing at once, and gets 503 with Retry-After only if the other
+    request keeps writing past the wait."""
+    import threading
+
+    import storage.uploads
+    from storage import paths
+    from storage.filesystem import FilesystemDriver
+
+    loc = start(api, repo)
+    lock = paths.upload_lock(loc.rsplit("/", 1)[1])
+    other = FilesystemDriver(api.data_dir).exclusive(lock)
+    other.__enter__()
+    threading.Timer(0.3, lambda: other.__exit__(None, None, None)).start()
+    r = api.request("PATCH", loc, body=b"abc", headers={"Content-Range": "0-2"})
+    assert r.status_code == 202, r.text
+    monkeypatch.setattr(storage.uploads, "LOCK_WAIT", 0.3)
+    with FilesystemDriver(api.data_dir).exclusive(lock):
+        r = api.request("PATCH", loc, body=b"def", headers={"Content-Range": "3-5"})
+    assert r.status_code == 503
+    assert r.json["errors"][0]["code"] == "UNAVAILABLE"
+    assert r.headers["Retry-After"]
+    assert api.request("PATCH", loc, body=b"def", headers={"Content-Range": "3-5"}).status_code == 202
