@@ -9,8 +9,10 @@ import pytest
 from gunicorn.http.unreader import IterUnreader
 
 from serving.body import BUFFER_SIZE, BodyError, SocketBody, SocketBodyReader
+from serving.limits import ServerLimits
 
 LINE_LIMIT, TRAILER_LIMIT = 8190, 8190 * 32
+LIMITS = ServerLimits()
 
 
 class ScriptedSocket:
@@ -22,6 +24,9 @@ class ScriptedSocket:
         self._turn = 0
         self._error = error
         self.calls = 0
+
+    def settimeout(self, timeout: float | None) -> None:
+        self.timeout = timeout
 
     def recv_into(self, view, nbytes: int = 0) -> int:
         self.calls += 1
@@ -50,7 +55,7 @@ def reader(wire: bytes, length: int | None, held: bytes = b"", pieces: list[int]
     if held:
         unreader.unread(held)
     sock = ScriptedSocket(wire, pieces)
-    return SocketBodyReader(sock, unreader, length, LINE_LIMIT, TRAILER_LIMIT), unreader, sock
+    return SocketBodyReader(sock, unreader, length, LINE_LIMIT, TRAILER_LIMIT, LIMITS), unreader, sock
 
 
 class FakeRequest:
@@ -166,7 +171,7 @@ def test_a_length_body_that_ends_early_is_refused():
 def test_a_connection_error_becomes_a_body_error():
     unreader = IterUnreader([])
     sock = ScriptedSocket(b"5\r\nab", error=ConnectionResetError("reset by peer"))
-    r = SocketBodyReader(sock, unreader, None, LINE_LIMIT, TRAILER_LIMIT)
+    r = SocketBodyReader(sock, unreader, None, LINE_LIMIT, TRAILER_LIMIT, LIMITS)
     with pytest.raises(BodyError, match="connection failed"):
         drain(r)
 
