@@ -74,11 +74,21 @@ class SocketBodyReader:
         self._view = memoryview(self._buf)
         self._start = self._end = 0
         self._received = 0
+        self._released = False
 
     @property
     def done(self) -> bool:
         """The whole body has been read from the connection."""
         return self._done
+
+    def release(self) -> None:
+        """The request is over: let the buffer go now. gunicorn's request and its body refer to
+        each other, so without this the buffer would live until the garbage collector's next
+        full pass, which under steady traffic can be minutes: 100 finished uploads kept 100 MiB."""
+        self._buf = bytearray()
+        self._view = memoryview(self._buf)
+        self._start = self._end = 0
+        self._released = True
 
     def _start_reading(self) -> None:
         # What gunicorn read past the headers is the start of the body.
@@ -173,6 +183,8 @@ class SocketBodyReader:
 
     def _receive(self, n: int) -> None:
         """Append up to `n` bytes from the socket after the buffered ones."""
+        if self._released:
+            raise BodyError("the request is over")
         if self._received >= GROW_AFTER * len(self._buf):
             self._grow()  # the body proves large: receive (and hand out) more at a time
         sock = self._sock
@@ -338,6 +350,13 @@ def install(req, sock, limits: ServerLimits) -> None:
     trailer_limit = getattr(req, "max_buffer_headers", 0) or DEFAULT_MAX_TRAILER_SECTION
     reader = SocketBodyReader(sock, req.unreader, length, line_limit, trailer_limit, limits)
     req.body = SocketBody(reader, req)
+
+
+def release(req) -> None:
+    """Free the request's receive buffer (see SocketBodyReader.release)."""
+    body = getattr(req, "body", None)
+    if isinstance(body, SocketBody):
+        body.reader.release()
 
 
 def left_unread(req) -> bool:

@@ -24,7 +24,8 @@
   memoryviews (serving/body.py); downloads are written in 256 KiB blocks (serving/connection.py).
 - On a graceful stop or reload, requests in flight (uploads included) may finish, within the
   graceful timeout; idle keep-alive connections are closed at once and clients reconnect.
-- Freed buffers go back to the system (glibc's malloc otherwise keeps them in the heap).
+- A request's receive buffer is freed when the request ends, not when the garbage collector
+  gets to the request's reference cycles.
 
 The connection loop and handle_request are gunicorn's (AsyncWorker, HTTP/1.1 only: Berth does
 not enable HTTP/2), rewritten here so that each of the points above has one clear place.
@@ -36,7 +37,6 @@ own gevent worker does.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import io
 import os
@@ -81,10 +81,6 @@ class RegistryGeventWorker(GeventWorker):
         self.limits = ServerLimits.from_env(os.environ)  # validated by gunicorn.conf.py
         self._connections: dict[gevent.Greenlet, socket.socket] = {}
         self._idle: set[gevent.Greenlet] = set()  # connections waiting for a request
-
-    def init_process(self):
-        _return_freed_memory()
-        super().init_process()
 
     # ----------------------------------------------------------------- accepting and stopping
 
@@ -267,6 +263,7 @@ class RegistryGeventWorker(GeventWorker):
                 return False
             raise
         finally:
+            body.release(req)  # Berth: now, not at the garbage collector's next full pass
             try:
                 self.cfg.post_request(self, req, environ, resp)
             except Exception:
@@ -322,24 +319,3 @@ def _refuse_tls(client: socket.socket) -> None:
         pass
     finally:
         client.close()
-
-
-# glibc's malloc serves blocks above its mmap threshold (128 KiB at start) with mmap, and
-# returns them to the system when freed; but each time such a block is freed it raises the
-# threshold to that block's size (up to 32 MiB), so after the first 1 MiB receive buffer is
-# freed the next ones come from the heap, which keeps their pages after free: a burst of big
-# requests left the worker hundreds of MiB larger for good. A fixed threshold turns the
-# adjustment off; buffers of 256 KiB and more (request bodies past their first 64 KiB,
-# download blocks, S3 parts) then always go back to the system when freed.
-MMAP_THRESHOLD = 256 * 1024
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # from glibc's malloc.h
-
-
-def _return_freed_memory() -> None:
-    try:
-        mallopt = ctypes.CDLL(None).mallopt  # glibc; elsewhere there is nothing to tune
-    except (OSError, AttributeError):
-        return
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-    mallopt(_M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD)  # what glibc pairs with a threshold
