@@ -27,10 +27,9 @@ class ReaderChunks:
     once, with one warning line, instead of leaving the client waiting for bytes that will
     never come."""
 
-    def __init__(self, reader, length: int, what: str, chunk_size: int = 1024 * 1024) -> None:
+    def __init__(self, reader, length: int, chunk_size: int = 1024 * 1024) -> None:
         self._reader = reader
         self._length = length
-        self._what = what
         self._chunk_size = chunk_size
         self._first = b""
 
@@ -55,7 +54,7 @@ class ReaderChunks:
                 chunk = self._read(sent)
             except (StorageError, OSError) as exc:
                 raise IncompleteResponse(
-                    f"{self._what}: storage failed after {sent} of {self._length} bytes: {exc!r}"
+                    f"storage failed after {sent} of {self._length} bytes: {exc!r}"
                 ) from None
             sent += len(chunk)
             yield chunk
@@ -63,21 +62,21 @@ class ReaderChunks:
     def _read(self, sent: int) -> bytes:
         chunk = self._reader.read(min(self._chunk_size, self._length - sent))
         if not chunk and sent < self._length:
-            raise IncompleteResponse(f"{self._what}: storage returned {sent} of {self._length} bytes")
+            raise IncompleteResponse(f"storage returned {sent} of {self._length} bytes")
         return chunk
 
     def close(self) -> None:
         self._reader.close()
 
 
-def response_body(reader, length: int, what: str):
+def response_body(reader, length: int):
     """How a stored blob reaches the server. A local file (fileno()) goes through
     wsgi.file_wrapper, so the worker sends it in large blocks straight from the file (and
     closes the connection if the file turns out shorter); anything else is iterated in large
     pieces (the wrapper would read 8 KiB at a time), its first piece read here."""
     if hasattr(reader, "fileno"):
         return reader
-    chunks = ReaderChunks(reader, length, what)
+    chunks = ReaderChunks(reader, length)
     if length:
         chunks.read_first()
     return chunks
@@ -107,7 +106,7 @@ class Blob:
             pulled = self._pull_through.blob(name, wanted)
             self._headers(resp, wanted)
             if pulled.size is not None and hasattr(pulled.stream, "read"):  # stored after all
-                resp.stream = response_body(pulled.stream, pulled.size, f"blob {wanted}")
+                resp.stream = response_body(pulled.stream, pulled.size)
             else:
                 resp.stream = pulled.stream  # relayed from upstream while it is copied
             if pulled.size is not None:
@@ -128,7 +127,7 @@ class Blob:
             resp.status = falcon.HTTP_206
             resp.set_header("Content-Range", f"bytes {start}-{start + length - 1}/{info.size}")
         reader = self._registry.blobs.open(name, info.digest, start, length)
-        resp.stream = response_body(reader, length, f"blob {info.digest}")
+        resp.stream = response_body(reader, length)
         resp.content_length = length
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, name: str, digest: str) -> None:
