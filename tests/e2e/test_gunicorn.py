@@ -138,6 +138,31 @@ def test_invalid_settings_stop_the_server_with_one_clear_message(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("BERTH_BODY_TIMEOUT", "soon", "BERTH_BODY_TIMEOUT must be a whole number of at least 1, not 'soon'"),
+        (
+            "BERTH_WORKER_CONNECTIONS",
+            "0",
+            "BERTH_WORKER_CONNECTIONS must be a whole number of at least 1, not '0'",
+        ),
+    ],
+)
+def test_invalid_server_settings_stop_the_server_with_one_clear_message(tmp_path, name, value, message):
+    env = {**os.environ, "REGISTRY_DATA_DIR": str(tmp_path), name: value}
+    proc = subprocess.run(
+        [BerthServer.gunicorn_path(), "-c", "gunicorn.conf.py", "-b", "127.0.0.1:0", "app:app"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert proc.stderr.strip() == f"Berth: invalid settings: {message}"
+
+
 def test_reload_lets_an_upload_in_flight_finish(berth):
     """A graceful reload (SIGHUP) while a PATCH streams: the old worker finishes the request,
     the upload completes on the new workers, and idle keep-alive connections do not hold the
