@@ -75,6 +75,7 @@ class SocketBodyReader:
         self._start = self._end = 0
         self._received = 0
         self._released = False
+        self.send_continue = False  # the client waits for "100 Continue" before sending the body
 
     @property
     def done(self) -> bool:
@@ -91,6 +92,11 @@ class SocketBodyReader:
         self._released = True
 
     def _start_reading(self) -> None:
+        if self.send_continue:
+            try:
+                self._sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+            except OSError as exc:
+                raise BodyError(f"connection failed before the request body: {exc}") from exc
         # What gunicorn read past the headers is the start of the body.
         held = self._unreader.take_buffered()
         length = self._length
@@ -349,6 +355,12 @@ def install(req, sock, limits: ServerLimits) -> None:
     line_limit = getattr(req, "limit_request_field_size", 0) or DEFAULT_MAX_CHUNK_SIZE_LINE
     trailer_limit = getattr(req, "max_buffer_headers", 0) or DEFAULT_MAX_TRAILER_SECTION
     reader = SocketBodyReader(sock, req.unreader, length, line_limit, trailer_limit, limits)
+    # A client that sent `Expect: 100-continue` waits for "100 Continue" before sending its
+    # body. gunicorn sends it before the app runs; it is sent here on the first read instead,
+    # that is once the request is authorised, so a refused client never sends its body.
+    # (gunicorn's flag is private; were it renamed, gunicorn would just answer early again.)
+    reader.send_continue = getattr(req, "_expected_100_continue", False)
+    req._expected_100_continue = False
     req.body = SocketBody(reader, req)
 
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import signal
 import socket
 import time
 from contextlib import suppress
@@ -47,6 +48,7 @@ from datetime import datetime
 from functools import partial
 
 import gevent
+import gevent.event
 from gevent.pool import Pool
 from gevent.server import StreamServer
 from gunicorn import http, util
@@ -81,6 +83,18 @@ class RegistryGeventWorker(GeventWorker):
         self.limits = ServerLimits.from_env(os.environ)  # validated by gunicorn.conf.py
         self._connections: dict[gevent.Greenlet, socket.socket] = {}
         self._idle: set[gevent.Greenlet] = set()  # connections waiting for a request
+        self._exiting = gevent.event.Event()
+
+    def init_process(self):
+        # A stop signal that arrives while the worker boots (gevent's patching alone takes a
+        # while) would reach the master's handler, inherited through fork, and be lost: the
+        # worker would then serve on until the master kills it at the end of the graceful
+        # timeout. Until gunicorn installs the worker's own handlers, remember it instead.
+        signal.signal(signal.SIGTERM, self._stop_while_booting)
+        super().init_process()
+
+    def _stop_while_booting(self, sig, frame):
+        self.alive = False  # run() then stops as soon as it starts
 
     # ----------------------------------------------------------------- accepting and stopping
 
@@ -96,7 +110,7 @@ class RegistryGeventWorker(GeventWorker):
             servers.append(server)
         while self.alive:
             self.notify()
-            gevent.sleep(1.0)
+            self._exiting.wait(1.0)  # set on a stop or reload signal: start stopping at once
         self._stop(servers)
 
     def _stop(self, servers: list[StreamServer]) -> None:
@@ -120,6 +134,7 @@ class RegistryGeventWorker(GeventWorker):
 
     def handle_exit(self, sig, frame):
         super().handle_exit(sig, frame)
+        self._exiting.set()
         gevent.spawn(self._close_idle_connections)
 
     def _close_idle_connections(self) -> None:

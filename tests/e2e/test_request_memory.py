@@ -19,11 +19,13 @@ MiB = 1024 * 1024
 STRANGERS = 300
 
 
-@pytest.fixture
-def berth(make_registry, registry_class):
+@pytest.fixture(scope="module")
+def berth(registry_class, tmp_path_factory):
     if registry_class is not BerthServer:
         pytest.fail("Berth-specific: unset E2E_TARGET", pytrace=False)
-    return make_registry(workers=1)
+    server = BerthServer(tmp_path_factory.mktemp("memory"), workers=1).start()
+    yield server
+    server.stop()
 
 
 def rss_mib(pid: int) -> float:
@@ -64,6 +66,24 @@ def test_refused_uploads_get_no_buffer_and_their_connections_close(berth):
             sock.close()
     assert grown < 40, f"the worker grew by {grown:.0f} MiB for {STRANGERS} refused requests"
     assert "Traceback" not in berth.log_path.read_text()
+
+
+def test_100_continue_is_sent_only_once_the_request_is_authorised(berth):
+    """A client with `Expect: 100-continue` waits before sending its body: a refused one gets
+    its 401 without being asked for the body (gunicorn used to say "continue" first)."""
+    path = f"/v2/team/app/blobs/uploads/{uuid.uuid4()}"
+    headers = {"Expect": "100-continue", "Content-Length": str(MiB)}
+    with rawhttp.connect(berth.port) as sock:
+        sock.sendall(rawhttp.request("PATCH", path, headers=headers))
+        status, response_headers, _ = rawhttp.read_head(sock)
+        assert (status, response_headers["connection"]) == (401, "close")
+    location = berth.session().post(f"{berth.url}/v2/team/app/blobs/uploads/", timeout=10).headers["Location"]
+    with rawhttp.connect(berth.port) as sock:
+        sock.sendall(rawhttp.request("PATCH", location, berth.rw, headers))
+        assert rawhttp.read_head(sock)[0] == 100
+        sock.sendall(b"x" * MiB)
+        status, response_headers, _ = rawhttp.read_head(sock)
+        assert (status, response_headers["range"]) == (202, f"0-{MiB - 1}")
 
 
 def test_the_buffers_of_finished_uploads_are_freed_at_once(berth):
