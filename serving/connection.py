@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import os
 import socket
+from time import monotonic
 
 from gevent.socket import wait_write
 
-from serving.errors import IncompleteResponse
+from serving.errors import ClientTooSlow, IncompleteResponse
 from serving.limits import ServerLimits
 from serving.pace import Pace
 
@@ -33,12 +34,13 @@ SEND_BLOCK = 256 * 1024  # per download in flight: large writes, still hot in th
 class ClientConnection:
     """The gevent socket (reads, timeouts, close... pass through), with paced writes."""
 
-    __slots__ = ("_limits", "_sock", "sent")
+    __slots__ = ("_limits", "_sock", "head_deadline", "sent")
 
     def __init__(self, sock: socket.socket, limits: ServerLimits) -> None:
         self._sock = sock
         self._limits = limits
         self.sent = 0  # bytes written on this connection, headers included (for the logs)
+        self.head_deadline = 0.0  # when the request head being read must be complete (monotonic)
 
     def __getattr__(self, name):
         return getattr(self._sock, name)
@@ -60,6 +62,20 @@ class ClientConnection:
         finally:
             sock.settimeout(None)
         return first[0] if first else None
+
+    def recv(self, size: int) -> bytes:
+        """A read of a request head (gunicorn's parser is the only caller: bodies are read by
+        serving/body.py): it waits no longer than what is left until `head_deadline`, so a
+        head trickling in a byte at a time is cut too."""
+        sock = self._sock
+        left = self.head_deadline - monotonic()
+        try:
+            if left <= 0:
+                raise TimeoutError
+            sock.settimeout(left)
+            return sock.recv(size)
+        except TimeoutError:
+            raise ClientTooSlow(f"request head not complete within {self._limits.header_timeout} s") from None
 
     def sendall(self, data) -> None:
         with memoryview(data) as view:

@@ -156,7 +156,7 @@ class RegistryGeventWorker(GeventWorker):
         conn = ClientConnection(client, self.limits)
         req = None
         try:
-            head_deadline = time.monotonic() + self.limits.header_timeout
+            conn.head_deadline = time.monotonic() + self.limits.header_timeout
             first = self._wait_for_request(conn, self.limits.header_timeout)
             if first is None:
                 return  # closed, or silent for the whole header timeout
@@ -167,12 +167,8 @@ class RegistryGeventWorker(GeventWorker):
             parser = http.get_parser(self.cfg, conn, addr)
             listener_name = listener.getsockname()
             while True:
-                req = None
-                with gevent.Timeout(max(0.001, head_deadline - time.monotonic()), False):
-                    req = next(parser)
-                if req is None:
-                    self.log.debug("Closing a connection whose request head did not arrive in time")
-                    return
+                req = None  # what handle_error is told, should parsing fail
+                req = next(parser)  # its reads wait no longer than conn.head_deadline
                 if not self.handle_request(listener_name, req, conn, addr):
                     return
                 pipelined = _has_buffered(parser.unreader)
@@ -183,7 +179,7 @@ class RegistryGeventWorker(GeventWorker):
                 # loop leaves every few ms to poll sockets and accept new connections; served
                 # straight from the poll, all ready connections would go before the next poll.
                 gevent.sleep(0)
-                head_deadline = time.monotonic() + self.limits.header_timeout
+                conn.head_deadline = time.monotonic() + self.limits.header_timeout
         except (StopIteration, http.errors.NoMoreData):
             self.log.debug("Client closed the connection")
         except ClientTooSlow as exc:
