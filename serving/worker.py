@@ -319,13 +319,20 @@ def _ip(addr) -> str:
 
 def _refuse_tls(client: socket.socket) -> None:
     """Answer, then close gracefully: closing with the ClientHello still unread would make the
-    kernel send a reset, and the client could lose the answer."""
+    kernel send a reset, and the client could lose the answer. The wait for the client to
+    close is bounded in time and bytes, like every other wait on a client."""
+    deadline = time.monotonic() + 2
     try:
-        client.sendall(_TLS_REFUSAL)
-        client.shutdown(socket.SHUT_WR)
         client.settimeout(2)
-        while client.recv(65536):  # drain until the client closes (or 2 s of silence)
-            pass
+        client.sendall(_TLS_REFUSAL)  # fits in any socket buffer
+        client.shutdown(socket.SHUT_WR)
+        drained = 0
+        while drained < 1024 * 1024 and (left := deadline - time.monotonic()) > 0:
+            client.settimeout(left)
+            chunk = client.recv(65536)
+            if not chunk:
+                break  # the client closed
+            drained += len(chunk)
     except OSError:
         pass
     finally:

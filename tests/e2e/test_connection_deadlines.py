@@ -176,3 +176,24 @@ def test_a_download_whose_client_stops_reading_is_cut(berth, reader):
 
 def _send_cuts(berth) -> int:
     return berth.log_path.read_text().count("sending the response: fewer than")
+
+
+def test_a_tls_probe_that_keeps_sending_is_closed(berth):
+    """The plain-HTTP answer to a TLS ClientHello waits for the client to close, but not for
+    ever: a client that keeps sending is closed within a few seconds (the server's reads stop,
+    so the client's writes fail)."""
+    hello = bytes.fromhex("160301") + (200).to_bytes(2, "big") + b"\x01" + b"\x00" * 199
+    with rawhttp.connect(berth.port) as sock:
+        sock.sendall(hello)
+        status, _, _ = rawhttp.read_head(sock)
+        assert status == 400
+        started = time.monotonic()
+        closed = None
+        while time.monotonic() - started < 10:
+            try:
+                sock.sendall(b"\x17" * 1024)
+            except OSError:
+                closed = time.monotonic() - started
+                break
+            time.sleep(0.1)
+    assert closed is not None and closed < 6
