@@ -39,15 +39,21 @@ _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--connections", default="200,1000", help="comma-separated wrk -c values (default 200,1000)")
+    p.add_argument(
+        "--connections", default="200,1000", help="comma-separated wrk -c values (default 200,1000)"
+    )
     p.add_argument("--seconds", type=int, default=20, help="duration of each wrk run (default 20)")
     p.add_argument("--threads", type=int, default=2, help="wrk -t (default 2)")
     p.add_argument("--repeat", type=int, default=1, help="runs per registry and connection count (default 1)")
-    p.add_argument("--probe-interval", type=float, default=0.1, help="seconds between probe connections (0.1)")
+    p.add_argument(
+        "--probe-interval", type=float, default=0.1, help="seconds between probe connections (0.1)"
+    )
     p.add_argument("--only", choices=["berth", "distribution"], help="benchmark one registry alone")
     p.add_argument("--berth-workers", type=int, help="pass -w N to gunicorn (default: gunicorn.conf.py)")
     p.add_argument("--distribution-bin", default="/usr/bin/docker-registry", help="distribution binary")
-    p.add_argument("--repo-root", type=Path, default=REPO_ROOT, help="Berth repo root (default: from __file__)")
+    p.add_argument(
+        "--repo-root", type=Path, default=REPO_ROOT, help="Berth repo root (default: from __file__)"
+    )
     p.add_argument("--tmpdir", help="parent dir for the registries' data (default: system temp)")
     p.add_argument("--json", dest="json_out", metavar="FILE", help="also write results as JSON")
     args = p.parse_args(argv)
@@ -176,7 +182,8 @@ def parse_wrk(out: str) -> dict:
     result["requests"] = int(find(r"^\s*(\d+) requests in")[1])
     result["non2xx"] = int(find(r"^bench-non2xx (\d+)")[1])
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    result["socket_errors"] = dict(zip(("connect", "read", "write", "timeout"), map(int, sock.groups()))) if sock else {}
+    kinds = ("connect", "read", "write", "timeout")
+    result["socket_errors"] = dict(zip(kinds, map(int, sock.groups()), strict=True)) if sock else {}
     return result
 
 
@@ -190,7 +197,9 @@ def load_run(reg: Registry, connections: int, args, work: Path) -> dict:
     cmd = ["wrk", f"-t{args.threads}", f"-c{connections}", f"-d{args.seconds}s", "--latency",
            "--timeout", "30s", "-s", str(script), manifest_url(reg)]  # fmt: skip
     sampler.start()
-    wrk = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wrk = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     time.sleep(min(2.0, args.seconds / 4))  # let wrk open its connections before probing
     probe.start()
     queue.start()
@@ -300,7 +309,9 @@ def main(argv: list[str] | None = None) -> int:
             wait_ready(reg)
             push_image(reg, work)
             log(f"{reg.name} ready at {reg.url} (pid {reg.pid}), image pushed")
-        results: dict[str, dict[int, list[dict]]] = {n: {c: [] for c in args.connection_counts} for n in names}
+        results: dict[str, dict[int, list[dict]]] = {
+            n: {c: [] for c in args.connection_counts} for n in names
+        }
         turn = 0
         for rep in range(args.repeat):
             for connections in args.connection_counts:
@@ -314,7 +325,11 @@ def main(argv: list[str] | None = None) -> int:
         machine["loadavg_at_end"] = loadavg()
         print(markdown(results, names, machine, args))
         if args.json_out:
-            out = {"machine": machine, "config": vars(args) | {"repo_root": str(args.repo_root)}, "runs": results}
+            out = {
+                "machine": machine,
+                "config": vars(args) | {"repo_root": str(args.repo_root)},
+                "runs": results,
+            }
             Path(args.json_out).write_text(json.dumps(out, indent=2, default=str) + "\n")
             log(f"wrote {args.json_out}")
         return 0
