@@ -11,7 +11,9 @@
   connection closes.
 - Fairness: gevent never preempts. A client on a keep-alive connection whose next request is
   always already there never blocks, so its greenlet would serve it for ever while accepts and
-  every other connection wait. After each request the connection yields to the event loop.
+  every other connection wait. After each request the connection takes its turn again behind
+  the others, a newly accepted connection is served at once, and each wake-up of the
+  listening socket accepts several connections (bench/fairness.py measures all this).
 - A response that cannot be completed (IncompleteResponse, or an iterable shorter than its
   Content-Length) closes the connection at once: the client sees a short body at once instead
   of waiting for the keep-alive timeout.
@@ -71,9 +73,9 @@ _TLS_REFUSAL = (
 # A client whose connection failed: nothing to answer, nothing to trace.
 _CLIENT_GONE = {errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN, errno.ECONNABORTED}
 # Connections accepted per wake-up of the listening socket. gunicorn accepts one when several
-# workers share the socket, so that each gets a share; but under load a worker's event loop
-# comes back to the socket only after serving every ready connection once, and 1,000 clients
-# connecting at once then wait tens of seconds to be accepted.
+# workers share the socket, so that each gets a share; but under load the event loop polls the
+# socket only between turns of the busy connections (a few ms each), and 1,000 clients
+# connecting at once would wait for a thousand turns to be accepted.
 ACCEPT_BATCH = 16
 
 
@@ -304,7 +306,8 @@ class _NewConnectionsFirst(Pool):
 
 def _short(req, resp) -> bool:
     """The response has a body, and it ended before its Content-Length."""
-    has_body = req.method != "HEAD" and resp.status_code not in (204, 304) and resp.status_code >= 200
+    status = resp.status_code or 0
+    has_body = req.method != "HEAD" and status not in (204, 304) and status >= 200
     return has_body and resp.response_length is not None and resp.sent < resp.response_length
 
 
