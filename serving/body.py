@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from time import monotonic
 
 from gunicorn.http.body import (
     CHUNK_EXT_RE,
@@ -193,24 +194,25 @@ class SocketBodyReader:
             raise BodyError("the request is over")
         if self._received >= GROW_AFTER * len(self._buf):
             self._grow()  # the body proves large: receive (and hand out) more at a time
-        sock = self._sock
+        sock, pace = self._sock, self._pace
+        started = monotonic()
         try:
-            sock.settimeout(self._pace.remaining())
+            sock.settimeout(pace.remaining())
             got = sock.recv_into(self._view[self._end : self._end + n])
+            if got == 0:
+                raise BodyError("request body ended early")
+            pace.waited(monotonic() - started, got)
         except ClientTooSlow as exc:
             raise BodyError(str(exc)) from None
-        except TimeoutError:
+        except TimeoutError:  # silent for the rest of the period
             try:
-                self._pace.expired()
+                pace.expired()
             except ClientTooSlow as exc:
                 raise BodyError(str(exc)) from None
         except OSError as exc:
             raise BodyError(f"connection failed while reading the request body: {exc}") from exc
-        if got == 0:
-            raise BodyError("request body ended early")
         self._end += got
         self._received += got
-        self._pace.moved(got)
 
     def _receive_more(self) -> None:
         """Receive more of an incomplete chunk header, keeping its first bytes (moved to the

@@ -68,13 +68,12 @@ class ClientConnection:
         serving/body.py): it waits no longer than what is left until `head_deadline`, so a
         head trickling in a byte at a time is cut too."""
         sock = self._sock
-        left = self.head_deadline - monotonic()
         try:
-            if left <= 0:
-                raise TimeoutError
-            sock.settimeout(left)
+            # Past the deadline, take only what has already arrived (the server may have been
+            # busy): time the client is not waited for is not held against it.
+            sock.settimeout(max(0.0, self.head_deadline - monotonic()))
             return sock.recv(size)
-        except TimeoutError:
+        except (TimeoutError, BlockingIOError):
             raise ClientTooSlow(f"request head not complete within {self._limits.header_timeout} s") from None
 
     def sendall(self, data) -> None:
@@ -112,10 +111,12 @@ class ClientConnection:
             except BlockingIOError:
                 if pace is None:  # the client is slower than us: from now on, it must keep up
                     pace = Pace(self._limits.send_timeout, self._limits.min_rate, "sending the response")
+                started = monotonic()
                 try:
                     wait_write(fd, timeout=pace.remaining())
                 except TimeoutError:
                     pace.expired()
+                pace.waited(monotonic() - started)
                 continue
             done += n
             self.sent += n

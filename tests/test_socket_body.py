@@ -307,3 +307,22 @@ def test_the_deadline_is_lifted_when_the_body_ends():
     r = SocketBodyReader(sock, IterUnreader([]), 10, LINE_LIMIT, TRAILER_LIMIT, LIMITS)
     assert drain(r) == b"0123456789"
     assert sock.timeouts[-1] is None  # what follows (the next request's head) has its own
+
+
+def test_time_the_server_spends_elsewhere_is_not_held_against_the_client(monkeypatch):
+    """Between two reads the app may spend minutes writing to slow storage; the client's bytes
+    are waiting in the socket meanwhile. Only waits for the client count towards the period."""
+    import serving.body
+
+    now = [0.0]
+    monkeypatch.setattr(serving.body, "monotonic", lambda: now[0])
+    limits = ServerLimits(body_timeout=2, min_rate=1024 * 1024)  # 2 MiB per 2 s of waiting
+    wire = PAYLOAD[: 4 * BUFFER_SIZE]
+    r = SocketBodyReader(
+        ScriptedSocket(wire, pieces=[65536]), IterUnreader([]), len(wire), LINE_LIMIT, TRAILER_LIMIT, limits
+    )
+    out = bytearray()
+    while (span := r.next_span(BUFFER_SIZE)) is not None:
+        out += span
+        now[0] += 100  # a slow storage write
+    assert out == wire
