@@ -23,9 +23,10 @@ class ServerLimits:
     header_timeout: int = 20
     # How long a keep-alive connection may wait, idle, for its next request.
     keepalive_timeout: int = 75
-    # Request bodies: in every period this long, at least `min_rate` bytes/s must arrive.
+    # Request bodies: for every this many seconds spent waiting for the client, at least
+    # `min_rate` bytes/s must arrive (serving/pace.py).
     body_timeout: int = 60
-    # Responses: in every period this long, the client must take at least `min_rate` bytes/s.
+    # Responses: the same for the client taking the bytes.
     send_timeout: int = 60
     # The least average rate over a body or send period; 0 only bounds silence.
     min_rate: int = 1024
