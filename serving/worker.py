@@ -168,9 +168,14 @@ class RegistryGeventWorker(GeventWorker):
                 return
             parser = http.get_parser(self.cfg, conn, addr)
             listener_name = listener.getsockname()
+            proxy_protocol_info = {}  # PROXY protocol (off in Berth): the first request carries it
             while True:
                 req = None  # what handle_error is told, should parsing fail
                 req = next(parser)  # its reads wait no longer than conn.head_deadline
+                if req.proxy_protocol_info:
+                    proxy_protocol_info = req.proxy_protocol_info
+                else:
+                    req.proxy_protocol_info = proxy_protocol_info
                 if not self.handle_request(listener_name, req, conn, addr):
                     return
                 pipelined = _has_buffered(parser.unreader)
