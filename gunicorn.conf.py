@@ -3,6 +3,21 @@ load time, so gevent can monkey-patch before they are imported (see the README).
 Command-line flags (-b, -w, ...) override these; environment variables tune them."""
 
 import os
+import sys
+
+# serving/ sits beside this file; gunicorn reads this file before it moves to --chdir.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from serving.limits import LimitsError, ServerLimits, positive_int
+
+# Every BERTH_* knob is checked here, in the master, before anything starts: a malformed value
+# stops the server with one clear line. serving/limits.py uses the standard library only.
+try:
+    _limits = ServerLimits.from_env(os.environ)
+    _workers = positive_int(os.environ, "WEB_CONCURRENCY", os.cpu_count() or 2)
+    _worker_connections = positive_int(os.environ, "BERTH_WORKER_CONNECTIONS", 1000)
+    _graceful_timeout = positive_int(os.environ, "BERTH_GRACEFUL_TIMEOUT", 120)
+except LimitsError as exc:
+    raise SystemExit(f"Berth: invalid settings: {exc}") from None
 
 # Where to listen: behind a reverse proxy, keep it on loopback.
 bind = os.environ.get("BERTH_BIND", "127.0.0.1:5000")
@@ -10,16 +25,17 @@ bind = os.environ.get("BERTH_BIND", "127.0.0.1:5000")
 # gevent: one process serves many slow clients (uploads of big layers) at once. A worker per
 # core is enough; each has `worker_connections` concurrent requests.
 worker_class = "serving.worker.RegistryGeventWorker"
-workers = int(os.environ.get("WEB_CONCURRENCY", os.cpu_count() or 2))
-worker_connections = int(os.environ.get("BERTH_WORKER_CONNECTIONS", "1000"))
+workers = _workers
+worker_connections = _worker_connections
 
 # With gevent, `timeout` only kills a worker whose event loop is stuck, never a long upload.
 timeout = 60
 # On reload/shutdown, uploads in flight get this long to finish; an upload cut short loses only
 # its current request (its saved state stays consistent) and the client can resume or retry.
-graceful_timeout = int(os.environ.get("BERTH_GRACEFUL_TIMEOUT", "120"))
+graceful_timeout = _graceful_timeout
 # Longer than a proxy's upstream keepalive (nginx: 60 s) so the proxy closes idle connections.
-keepalive = 75
+# The worker (serving/worker.py) reads its other deadlines from the same BERTH_* variables.
+keepalive = _limits.keepalive_timeout
 
 # Never preload: it would import the app (and later boto3/ssl) before gevent patches them.
 preload_app = False

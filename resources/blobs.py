@@ -2,28 +2,84 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import falcon
 
 from errors import BlobUnknown, Unsupported
 from resources.http import byte_range
+from serving.errors import IncompleteResponse
 from storage.blobs import BlobInfo
 from storage.digests import Digest, validate_name
+from storage.driver import StorageError
 from storage.registry import Registry
 from upstream.pullthrough import PullThrough
 
 
 class ReaderChunks:
-    """An object reader as a WSGI iterable of 1 MiB pieces; the server closes it."""
+    """A storage reader as a WSGI response body of exactly `length` bytes, in 1 MiB pieces; the
+    server closes it.
 
-    def __init__(self, reader, chunk_size: int = 1024 * 1024) -> None:
+    The responder reads the first piece (`read_first`), so a storage failure before any byte
+    goes out is an OCI error (503 with Retry-After, resources/errors.py) rather than the
+    server's own error page. Once the headers are out, a reader that fails or ends early can
+    only cut the response short: IncompleteResponse makes the server close the connection at
+    once, with one warning line, instead of leaving the client waiting for bytes that will
+    never come."""
+
+    def __init__(self, reader, length: int, chunk_size: int = 1024 * 1024) -> None:
         self._reader = reader
+        self._length = length
         self._chunk_size = chunk_size
+        self._first = b""
 
-    def __iter__(self):
-        return iter(lambda: self._reader.read(self._chunk_size), b"")
+    def read_first(self) -> None:
+        try:
+            self._first = self._read(0)
+        except IncompleteResponse as exc:  # nothing sent yet: still a storage error to answer
+            self._reader.close()
+            raise StorageError(str(exc)) from None
+        except BaseException:
+            self._reader.close()
+            raise
+
+    def __iter__(self) -> Iterator[bytes]:
+        sent = 0
+        if self._first:
+            first, self._first = self._first, b""
+            sent = len(first)
+            yield first
+        while sent < self._length:
+            try:
+                chunk = self._read(sent)
+            except (StorageError, OSError) as exc:
+                raise IncompleteResponse(
+                    f"storage failed after {sent} of {self._length} bytes: {exc!r}"
+                ) from None
+            sent += len(chunk)
+            yield chunk
+
+    def _read(self, sent: int) -> bytes:
+        chunk = self._reader.read(min(self._chunk_size, self._length - sent))
+        if not chunk and sent < self._length:
+            raise IncompleteResponse(f"storage returned {sent} of {self._length} bytes")
+        return chunk
 
     def close(self) -> None:
         self._reader.close()
+
+
+def response_body(reader, length: int):
+    """How a stored blob reaches the server. A local file (fileno()) goes through
+    wsgi.file_wrapper, so the worker sends it in large blocks straight from the file (and
+    closes the connection if the file turns out shorter); anything else is iterated in large
+    pieces (the wrapper would read 8 KiB at a time), its first piece read here."""
+    if hasattr(reader, "fileno"):
+        return reader
+    chunks = ReaderChunks(reader, length)
+    if length:
+        chunks.read_first()
+    return chunks
 
 
 class Blob:
@@ -49,7 +105,10 @@ class Blob:
             # whole blob is sent with 200, as HTTP allows) so the copy is always complete.
             pulled = self._pull_through.blob(name, wanted)
             self._headers(resp, wanted)
-            resp.stream = pulled.stream
+            if pulled.size is not None and hasattr(pulled.stream, "read"):  # stored after all
+                resp.stream = response_body(pulled.stream, pulled.size)
+            else:
+                resp.stream = pulled.stream  # relayed from upstream while it is copied
             if pulled.size is not None:
                 resp.content_length = pulled.size
             return
@@ -68,9 +127,7 @@ class Blob:
             resp.status = falcon.HTTP_206
             resp.set_header("Content-Range", f"bytes {start}-{start + length - 1}/{info.size}")
         reader = self._registry.blobs.open(name, info.digest, start, length)
-        # A local file (fileno()) goes through wsgi.file_wrapper, so gunicorn can sendfile it;
-        # anything else is iterated in large pieces (the wrapper would read 8 KiB at a time).
-        resp.stream = reader if hasattr(reader, "fileno") else ReaderChunks(reader)
+        resp.stream = response_body(reader, length)
         resp.content_length = length
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, name: str, digest: str) -> None:

@@ -6,21 +6,22 @@ sliced again at each boundary. For a registry receiving multi-GiB layers that co
 about as much CPU as hashing the data. Here the body is received with `recv_into` into one
 buffer per request, chunked framing is parsed in place, and the application can take the
 payload as memoryviews of that buffer (`SocketBody.views`): each byte is copied once, by the
-kernel. `read()` still works (gunicorn drains unread bodies with it, and it is `wsgi.input`).
+kernel. `read()` still works (it is `wsgi.input`).
 
 Framing rules follow gunicorn's ChunkedReader (RFC 9112 section 7.1): hex sizes, chunk
 extensions checked with gunicorn's own pattern, bounded size lines and trailer sections, CRLF
 after every chunk. Bytes read past the end of a chunked body (a pipelined next request) go
 back to gunicorn's unreader.
 
-This module is imported by the gunicorn master (through the worker class): standard library
-and gunicorn only.
+This module is imported by the gunicorn master (through the worker class): standard library,
+gunicorn and serving/ only.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from time import monotonic
 
 from gunicorn.http.body import (
     CHUNK_EXT_RE,
@@ -31,7 +32,13 @@ from gunicorn.http.body import (
     LengthReader,
 )
 
-BUFFER_SIZE = 1024 * 1024  # per request with a body; bounds memory whatever the body's size
+from serving.errors import ClientTooSlow
+from serving.limits import ServerLimits
+from serving.pace import Pace
+
+BUFFER_SIZE = 1024 * 1024  # the most a request body's buffer grows to, whatever the body's size
+INITIAL_BUFFER_SIZE = 64 * 1024  # enough for a manifest or a small layer in a few receives
+GROW_AFTER = 4  # the buffer grows 4x once 4 times its size has been received
 BATCH = 256 * 1024  # the least handed to the app at once, unless the body ends first
 _HEX = re.compile(rb"[0-9a-fA-F]+")
 _CRLF = b"\r\n"
@@ -42,27 +49,67 @@ class BodyError(ValueError):
 
 
 class SocketBodyReader:
-    """The payload of one request body, parsed from the socket in place."""
+    """The payload of one request body, parsed from the socket in place.
 
-    def __init__(self, sock, unreader, length: int | None, line_limit: int, trailer_limit: int) -> None:
+    Nothing is allocated and nothing is read until the application asks for the body, which
+    it only does once the request is authorised: a refused request costs no buffer (and its
+    connection is closed rather than drained, see serving/worker.py). The buffer starts small
+    and grows as the body proves large, up to BUFFER_SIZE. Every receive waits only as long as
+    the client keeps sending at least BERTH_MIN_RATE over each BERTH_BODY_TIMEOUT period."""
+
+    def __init__(
+        self, sock, unreader, length: int | None, line_limit: int, trailer_limit: int, limits: ServerLimits
+    ) -> None:
         self._sock = sock
         self._unreader = unreader
+        self._length = length
         self._chunked = length is None
         self._left = 0 if length is None else length  # in the body, or in the current chunk
         self._done = length == 0
         self._after_chunk = False  # a chunk's payload ended: its CRLF comes next
         self._line_limit = line_limit
         self._trailer_limit = trailer_limit
+        self._limits = limits
+        self._pace: Pace | None = None  # set with the buffer, when the body is first read
+        self._buf = bytearray()
+        self._view = memoryview(self._buf)
+        self._start = self._end = 0
+        self._received = 0
+        self._released = False
+        self.send_continue = False  # the client waits for "100 Continue" before sending the body
+
+    @property
+    def done(self) -> bool:
+        """The whole body has been read from the connection."""
+        return self._done
+
+    def release(self) -> None:
+        """The request is over: let the buffer go now. gunicorn's request and its body refer to
+        each other, so without this the buffer would live until the garbage collector's next
+        full pass, which under steady traffic can be minutes: 100 finished uploads kept 100 MiB."""
+        self._buf = bytearray()
+        self._view = memoryview(self._buf)
+        self._start = self._end = 0
+        self._released = True
+
+    def _start_reading(self) -> None:
+        if self.send_continue:
+            try:
+                self._sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+            except OSError as exc:
+                raise BodyError(f"connection failed before the request body: {exc}") from exc
         # What gunicorn read past the headers is the start of the body.
-        held = unreader.take_buffered()
+        held = self._unreader.take_buffered()
+        length = self._length
         if length is not None and len(held) > length:
-            unreader.unread(held[length:])  # a pipelined next request
+            self._unreader.unread(held[length:])  # a pipelined next request
             held = held[:length]
-        size = BUFFER_SIZE if length is None else min(BUFFER_SIZE, length)
+        size = INITIAL_BUFFER_SIZE if length is None else min(INITIAL_BUFFER_SIZE, length)
         self._buf = bytearray(max(size, len(held)))
         self._view = memoryview(self._buf)
-        self._start, self._end = 0, len(held)
+        self._end = len(held)
         self._view[: len(held)] = held
+        self._pace = Pace(self._limits.body_timeout, self._limits.min_rate, "receiving the request body")
 
     def next_span(self, limit: int) -> memoryview | None:
         """The next at most `limit` payload bytes, as a view into the buffer that stays valid
@@ -74,6 +121,8 @@ class SocketBodyReader:
         ended more bytes are bound to come, so waiting for them never blocks past its end."""
         if self._done:
             return None
+        if self._pace is None:
+            self._start_reading()
         if self._chunked:
             return self._chunked_span(limit)
         if self._start == self._end:
@@ -82,13 +131,16 @@ class SocketBodyReader:
         while self._end - self._start < goal:
             if self._end == len(self._buf):  # no room after the unread bytes: move them first
                 self._compact()
+                if self._end == len(self._buf):  # a full buffer holds less than a batch
+                    self._grow(force=True)
             # never past the body's end: what follows it is the next request's
             self._receive(min(len(self._buf) - self._end, self._left - (self._end - self._start)))
         n = min(self._left, self._end - self._start, limit)
         span = self._view[self._start : self._start + n]
         self._start += n
         self._left -= n
-        self._done = self._left == 0
+        if self._left == 0:
+            self._finish()
         return span
 
     def _chunked_span(self, limit: int) -> memoryview | None:
@@ -105,7 +157,7 @@ class SocketBodyReader:
                     continue
                 if produced == 0:
                     self._receive_more()  # moves the partial header to the front first
-                elif produced < goal and self._end < len(self._buf):
+                elif produced < goal and (self._end < len(self._buf) or self._grow(force=True)):
                     self._receive(len(self._buf) - self._end)
                 else:
                     break  # hand out what is here; the partial header stays for next time
@@ -113,7 +165,7 @@ class SocketBodyReader:
             if self._start == self._end:
                 if produced == 0:
                     self._start = self._end = out = 0
-                elif produced >= goal or self._end == len(self._buf):
+                elif produced >= goal or (self._end == len(self._buf) and not self._grow(force=True)):
                     break
                 self._receive(len(self._buf) - self._end)
                 continue
@@ -138,21 +190,56 @@ class SocketBodyReader:
 
     def _receive(self, n: int) -> None:
         """Append up to `n` bytes from the socket after the buffered ones."""
+        if self._released:
+            raise BodyError("the request is over")
+        if self._received >= GROW_AFTER * len(self._buf):
+            self._grow()  # the body proves large: receive (and hand out) more at a time
+        sock, pace = self._sock, self._pace
+        started = monotonic()
         try:
-            got = self._sock.recv_into(self._view[self._end : self._end + n])
+            sock.settimeout(pace.remaining())
+            got = sock.recv_into(self._view[self._end : self._end + n])
+            if got == 0:
+                raise BodyError("request body ended early")
+            pace.waited(monotonic() - started, got)
+        except ClientTooSlow as exc:
+            raise BodyError(str(exc)) from None
+        except TimeoutError:  # silent for the rest of the period
+            try:
+                pace.expired()
+            except ClientTooSlow as exc:
+                raise BodyError(str(exc)) from None
         except OSError as exc:
             raise BodyError(f"connection failed while reading the request body: {exc}") from exc
-        if got == 0:
-            raise BodyError("request body ended early")
         self._end += got
+        self._received += got
 
     def _receive_more(self) -> None:
         """Receive more of an incomplete chunk header, keeping its first bytes (moved to the
         front of the buffer). The header parser bounds how long a header may grow."""
-        if self._end - self._start == len(self._buf):
+        if self._end - self._start == len(self._buf) and not self._grow(force=True):
             raise BodyError("chunk framing larger than the receive buffer")
         self._compact()
         self._receive(len(self._buf) - self._end)
+
+    def _grow(self, force: bool = False) -> bool:
+        """A buffer four times larger (at most BUFFER_SIZE, or the body's length), with every
+        byte at the same offset, so positions into it stay valid. Views handed out before are
+        only valid until the next call anyway."""
+        cap = BUFFER_SIZE if self._length is None else min(BUFFER_SIZE, self._length)
+        size = min(cap, 4 * len(self._buf))
+        if size <= len(self._buf):
+            return False
+        if not force and self._received < GROW_AFTER * len(self._buf):
+            return False
+        grown = bytearray(size)
+        grown[: self._end] = self._view[: self._end]
+        self._buf, self._view = grown, memoryview(grown)
+        return True
+
+    def _finish(self) -> None:
+        self._done = True
+        self._sock.settimeout(None)  # the body's deadline does not apply to what follows
 
     def _compact(self) -> None:
         """Move the unconsumed bytes to the front of the buffer, making room after them."""
@@ -193,7 +280,7 @@ class SocketBodyReader:
             if body_end < end:
                 self._unreader.unread(bytes(buf[body_end:end]))  # a pipelined next request
             self._start = self._end = body_end
-            self._done = True
+            self._finish()
         else:
             self._start, self._left = pos, size_value
         self._after_chunk = False
@@ -222,18 +309,20 @@ class SocketBody(Body):
     def __init__(self, reader: SocketBodyReader, request) -> None:
         super().__init__(reader)
         self._request = request
+        self.error: Exception | None = None  # why reading the body failed, for the server's log
 
-    def _fail(self) -> None:
+    def _fail(self, exc: Exception) -> None:
         # Where the next request starts on the connection is unknown: answer this one with
         # `Connection: close` and close.
         self.failed = True
+        self.error = exc
         self._request.force_close()
 
     def _read_reader(self, size):
         try:
             return self.reader.read(size)
-        except Exception:
-            self._fail()
+        except Exception as exc:
+            self._fail(exc)
             raise
 
     def views(self, limit: int) -> Iterator[memoryview]:
@@ -247,15 +336,15 @@ class SocketBody(Body):
         while True:
             try:
                 span = self.reader.next_span(limit)
-            except Exception:
-                self._fail()
+            except Exception as exc:
+                self._fail(exc)
                 raise
             if span is None:
                 return
             yield span
 
 
-def install(req, sock) -> None:
+def install(req, sock, limits: ServerLimits) -> None:
     """Swap gunicorn's reader for the request's body, if it has one, before the app sees it."""
     body = getattr(req, "body", None)
     reader = getattr(body, "reader", None)
@@ -267,5 +356,25 @@ def install(req, sock) -> None:
         return
     line_limit = getattr(req, "limit_request_field_size", 0) or DEFAULT_MAX_CHUNK_SIZE_LINE
     trailer_limit = getattr(req, "max_buffer_headers", 0) or DEFAULT_MAX_TRAILER_SECTION
-    reader = SocketBodyReader(sock, req.unreader, length, line_limit, trailer_limit)
+    reader = SocketBodyReader(sock, req.unreader, length, line_limit, trailer_limit, limits)
+    # A client that sent `Expect: 100-continue` waits for "100 Continue" before sending its
+    # body. gunicorn sends it before the app runs; it is sent here on the first read instead,
+    # that is once the request is authorised, so a refused client never sends its body.
+    # (gunicorn's flag is private; were it renamed, gunicorn would just answer early again.)
+    reader.send_continue = getattr(req, "_expected_100_continue", False)
+    req._expected_100_continue = False
     req.body = SocketBody(reader, req)
+
+
+def release(req) -> None:
+    """Free the request's receive buffer (see SocketBodyReader.release)."""
+    body = getattr(req, "body", None)
+    if isinstance(body, SocketBody):
+        body.reader.release()
+
+
+def left_unread(req) -> bool:
+    """The request's body has not been read to its end: the connection cannot serve another
+    request without draining it first."""
+    body = getattr(req, "body", None)
+    return isinstance(body, SocketBody) and not body.reader.done

@@ -1,41 +1,67 @@
-"""gunicorn's gevent worker, with what a registry needs at the socket level.
+"""gunicorn's gevent worker, with what a registry exposed to the internet needs at the socket level.
 
-- Docker, podman and skopeo probe an insecure registry with a TLS ClientHello before falling back
-to plain HTTP. gunicorn would wait for a request line that never comes (until the keep-alive
-timeout), and the client would sit in its TLS handshake timeout on every session. Answering a
-TLS record with a plain HTTP 400 and closing, as Go's net/http does, lets the client fall back
-at once.
-- Blob downloads: gunicorn hands files to `socket.sendfile`, which gevent implements as a loop
-  of 8 KiB send() calls (about half of what the loopback carries). The worker gives gunicorn a
-  socket whose sendfile reads the file in 256 KiB blocks and writes each block at once, waiting
-  cooperatively when the socket buffer is full. Not os.sendfile: zero-copy hands the receiver
-  the page cache's pages, cold in the CPU cache, and behind a reverse proxy on the same machine
-  (the usual deployment) the proxy's worker is the bottleneck of a download. Measured through
-  nginx with TLS (1 GiB, 6 runs): 736 MB/s median this way, 553 with os.sendfile (nginx
-  spending 1.9 s of CPU against 1.3), 645 for CNCF distribution; direct, the two are even.
-- Request bodies (blob uploads) are read with `recv_into` into one buffer per request and
-  reach the app as memoryviews, with no copies on the way (serving/body.py).
-- On a graceful stop or reload, gunicorn waits for every connection's greenlet, including idle
-  keep-alive connections waiting for a next request that may never come (up to the keep-alive
-  timeout). Requests in flight, uploads included, must be allowed to finish; idle connections
-  are closed at once instead, and clients reconnect to the new workers.
+- Every wait on a client has a deadline (serving/limits.py, BERTH_* settings). A new
+  connection must send a complete request head within BERTH_HEADER_TIMEOUT of being accepted;
+  a keep-alive connection may wait idle for its next request for the keep-alive timeout, and
+  that request's head must then be complete within BERTH_HEADER_TIMEOUT of its first byte.
+  Request bodies and responses must keep moving (serving/pace.py). Silent, trickling and
+  non-reading clients are closed, so idle sockets cannot use up `worker_connections`.
+- A refused request's body is never read: nothing is allocated for it (serving/body.py) and,
+  rather than draining a body of any size, the answer says `Connection: close` and the
+  connection closes.
+- Fairness: gevent never preempts. A client on a keep-alive connection whose next request is
+  always already there never blocks, so its greenlet would serve it for ever while accepts and
+  every other connection wait. After each request the connection takes its turn again behind
+  the others, a newly accepted connection is served at once, and each wake-up of the
+  listening socket accepts several connections (bench/fairness.py measures all this).
+- A response that cannot be completed (IncompleteResponse, or an iterable shorter than its
+  Content-Length) closes the connection at once: the client sees a short body at once instead
+  of waiting for the keep-alive timeout.
+- Expected events (a client going away mid-download, a slow client cut, a graceful stop that
+  has to end requests) are one log line at info or warning, never a traceback.
+- Docker, podman and skopeo probe an insecure registry with a TLS ClientHello before falling
+  back to plain HTTP. Answering a TLS record with a plain HTTP 400 and closing, as Go's
+  net/http does, lets the client fall back at once.
+- Request bodies are read with `recv_into` into one buffer per request and reach the app as
+  memoryviews (serving/body.py); downloads are written in 256 KiB blocks (serving/connection.py).
+- On a graceful stop or reload, requests in flight (uploads included) may finish, within the
+  graceful timeout; idle keep-alive connections are closed at once and clients reconnect.
+- A request's receive buffer is freed when the request ends, not when the garbage collector
+  gets to the request's reference cycles.
+
+The connection loop and handle_request are gunicorn's (AsyncWorker, HTTP/1.1 only: Berth does
+not enable HTTP/2), rewritten here so that each of the points above has one clear place.
 
 This module is loaded by the gunicorn master (as `worker_class`), before gevent patches
-anything: it imports only gunicorn, gevent and the standard library, as gunicorn's own gevent
-worker does.
+anything: it imports only gunicorn, gevent, serving/ and the standard library, as gunicorn's
+own gevent worker does.
 """
 
 from __future__ import annotations
 
+import errno
+import io
 import os
+import signal
 import socket
-from contextlib import contextmanager, suppress
+import time
+from contextlib import suppress
+from datetime import datetime
+from functools import partial
 
 import gevent
-from gevent.socket import wait_write
+import gevent.event
+from gevent.pool import Pool
+from gevent.server import StreamServer
+from gunicorn import http, util
+from gunicorn.http import wsgi
+from gunicorn.sock import ssl_context
 from gunicorn.workers.ggevent import GeventWorker
 
 from serving import body
+from serving.connection import ClientConnection
+from serving.errors import ClientTooSlow, IncompleteResponse
+from serving.limits import ServerLimits
 
 TLS_HANDSHAKE_RECORD = 0x16
 _TLS_REFUSAL = (
@@ -44,44 +70,73 @@ _TLS_REFUSAL = (
     b"Connection: close\r\n\r\n"
     b"This port speaks plain HTTP; terminate TLS in a reverse proxy in front of it.\n"
 )
+# A client whose connection failed: nothing to answer, nothing to trace.
+_CLIENT_GONE = {errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN, errno.ECONNABORTED}
+# Connections accepted per wake-up of the listening socket. gunicorn accepts one when several
+# workers share the socket, so that each gets a share; but under load the event loop polls the
+# socket only between turns of the busy connections (a few ms each), and 1,000 clients
+# connecting at once would wait for a thousand turns to be accepted.
+ACCEPT_BATCH = 16
 
 
 class RegistryGeventWorker(GeventWorker):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self.limits = ServerLimits.from_env(os.environ)  # validated by gunicorn.conf.py
         self._connections: dict[gevent.Greenlet, socket.socket] = {}
-        self._idle: set[gevent.Greenlet] = set()
+        self._idle: set[gevent.Greenlet] = set()  # connections waiting for a request
+        self._exiting = gevent.event.Event()
 
-    def handle(self, listener, client, addr):
-        current = gevent.getcurrent()
-        self._connections[current] = client
-        try:
-            if not self.cfg.is_ssl and _is_tls_probe(client):
-                # (With gunicorn terminating TLS itself, a ClientHello is what it expects.)
-                _refuse_tls(client)
+    def init_process(self):
+        # A stop signal that arrives while the worker boots (gevent's patching alone takes a
+        # while) would reach the master's handler, inherited through fork, and be lost: the
+        # worker would then serve on until the master kills it at the end of the graceful
+        # timeout. Until gunicorn installs the worker's own handlers, remember it instead.
+        signal.signal(signal.SIGTERM, self._stop_while_booting)
+        super().init_process()
+
+    def _stop_while_booting(self, sig, frame):
+        self.alive = False  # run() then stops as soon as it starts
+
+    # ----------------------------------------------------------------- accepting and stopping
+
+    def run(self):
+        ssl_args = {"ssl_context": ssl_context(self.cfg)} if self.cfg.is_ssl else {}
+        servers = []
+        for listener in self.sockets:
+            listener.setblocking(1)
+            pool = _NewConnectionsFirst(self.worker_connections)
+            server = StreamServer(listener, handle=partial(self.handle, listener), spawn=pool, **ssl_args)
+            server.max_accept = ACCEPT_BATCH
+            server.start()
+            servers.append(server)
+        while self.alive:
+            self.notify()
+            self._exiting.wait(1.0)  # set on a stop or reload signal: start stopping at once
+        self._stop(servers)
+
+    def _stop(self, servers: list[StreamServer]) -> None:
+        """Stop accepting, let requests in flight finish, and end those still running just
+        before the master's graceful timeout would kill the process."""
+        for server in servers:
+            server.close()
+        deadline = time.monotonic() + max(0.0, self.cfg.graceful_timeout - 1)
+        while time.monotonic() < deadline:
+            if all(server.pool.free_count() == server.pool.size for server in servers):
                 return
-            super().handle(listener, _DownloadSocket(client), addr)
-        finally:
-            self._connections.pop(current, None)
-
-    def handle_request(self, listener_name, req, sock, addr):
-        body.install(req, sock)
-        return super().handle_request(listener_name, req, sock, addr)
-
-    @contextmanager
-    def timeout_ctx(self):
-        # gunicorn waits for each next request (the first included) inside this context: while
-        # in it, the connection is idle.
-        current = gevent.getcurrent()
-        self._idle.add(current)
-        try:
-            with gevent.Timeout(self.cfg.keepalive, False):
-                yield
-        finally:
-            self._idle.discard(current)
+            self.notify()
+            gevent.sleep(0.1)
+        running = sum(server.pool.size - server.pool.free_count() for server in servers)
+        self.log.warning(
+            "Graceful timeout (%ss): closing %d connection(s) still busy (pid %s)",
+            self.cfg.graceful_timeout, running, self.pid,
+        )  # fmt: skip
+        for server in servers:
+            server.stop(timeout=1)
 
     def handle_exit(self, sig, frame):
         super().handle_exit(sig, frame)
+        self._exiting.set()
         gevent.spawn(self._close_idle_connections)
 
     def _close_idle_connections(self) -> None:
@@ -95,63 +150,197 @@ class RegistryGeventWorker(GeventWorker):
                         client.shutdown(socket.SHUT_RDWR)
             gevent.sleep(0.2)
 
+    # ----------------------------------------------------------------- one connection
 
-# A client that takes nothing for this long is gone; without a limit its greenlet would wait
-# forever on a full socket buffer.
-SEND_STALL_TIMEOUT = 300
-SEND_BLOCK = 256 * 1024  # per download in flight: large writes, still hot in the CPU cache
+    def handle(self, listener, client, addr):
+        current = gevent.getcurrent()
+        self._connections[current] = client
+        conn = ClientConnection(client, self.limits)
+        req = None
+        try:
+            conn.head_deadline = time.monotonic() + self.limits.header_timeout
+            first = self._wait_for_request(conn, self.limits.header_timeout)
+            if first is None:
+                return  # closed, or silent for the whole header timeout
+            if first == TLS_HANDSHAKE_RECORD and not self.cfg.is_ssl:
+                # (With gunicorn terminating TLS itself, a ClientHello is what it expects.)
+                _refuse_tls(client)
+                return
+            parser = http.get_parser(self.cfg, conn, addr)
+            listener_name = listener.getsockname()
+            proxy_protocol_info = {}  # PROXY protocol (off in Berth): the first request carries it
+            while True:
+                req = None  # what handle_error is told, should parsing fail
+                req = next(parser)  # its reads wait no longer than conn.head_deadline
+                if req.proxy_protocol_info:
+                    proxy_protocol_info = req.proxy_protocol_info
+                else:
+                    req.proxy_protocol_info = proxy_protocol_info
+                if not self.handle_request(listener_name, req, conn, addr):
+                    return
+                pipelined = _has_buffered(parser.unreader)
+                if not pipelined and self._wait_for_request(conn, self.cfg.keepalive) is None:
+                    return
+                # Take turns: the next request waits until every other connection ready to run
+                # had one. Those turns run from gevent's queue of callbacks, which the event
+                # loop leaves every few ms to poll sockets and accept new connections; served
+                # straight from the poll, all ready connections would go before the next poll.
+                gevent.sleep(0)
+                conn.head_deadline = time.monotonic() + self.limits.header_timeout
+        except (StopIteration, http.errors.NoMoreData):
+            self.log.debug("Client closed the connection")
+        except ClientTooSlow as exc:
+            self.log.info("Closing a connection from %s: %s", _ip(addr), exc)
+        except OSError as exc:
+            if exc.errno not in _CLIENT_GONE:
+                self.log.exception("Socket error processing request.")
+        except gevent.GreenletExit:
+            pass  # the graceful timeout ended this connection, and said so
+        except Exception as exc:
+            self.handle_error(req, conn, addr, exc)
+        finally:
+            self._connections.pop(current, None)
+            util.close(client)
+
+    def _wait_for_request(self, conn: ClientConnection, timeout: float) -> int | None:
+        """The first byte of the next request, left unread; None if the connection closed or
+        stayed silent for `timeout` seconds. Meanwhile the connection counts as idle, so a
+        graceful stop closes it."""
+        current = gevent.getcurrent()
+        self._idle.add(current)
+        try:
+            return conn.first_byte(timeout)
+        finally:
+            self._idle.discard(current)
+
+    def handle_request(self, listener_name, req, conn: ClientConnection, addr) -> bool:
+        """Serve one request: gunicorn's AsyncWorker.handle_request with the changes marked
+        "Berth". Returns whether the connection may serve another request."""
+        started = datetime.now()
+        environ, resp, respiter = {}, None, None
+        sent_before = conn.sent
+        body.install(req, conn.sock, self.limits)
+        try:
+            self.cfg.pre_request(self, req)
+            resp, environ = wsgi.create(req, conn, addr, listener_name, self.cfg)
+            environ["wsgi.multithread"] = True
+            self.nr += 1
+            if self.nr >= self.max_requests and self.alive:
+                self.log.info("Autorestarting worker after current request.")
+                self.alive = False
+            if not self.alive or not self.cfg.keepalive:
+                resp.force_close()
+
+            def start_response(status, headers, exc_info=None):
+                # Berth: a body the app did not read (a refused request: 401, 403, 404, 413...)
+                # is not drained, whatever its size: the answer says `Connection: close`.
+                if body.left_unread(req):
+                    resp.force_close()
+                return resp.start_response(status, headers, exc_info)
+
+            respiter = self.wsgi(environ, start_response)
+            try:
+                if isinstance(respiter, environ["wsgi.file_wrapper"]):
+                    resp.write_file(respiter)
+                else:
+                    for item in respiter:
+                        resp.write(item)
+                    # Berth: a body shorter than its Content-Length ends the connection now.
+                    if _short(req, resp):
+                        raise IncompleteResponse(
+                            f"the body ended after {resp.sent} of {resp.response_length} bytes"
+                        )
+                resp.close()
+            finally:
+                self.log.access(resp, req, environ, datetime.now() - started)
+                if hasattr(respiter, "close"):
+                    respiter.close()
+            self._log_body_failure(req)
+            return not resp.should_close()
+        # Berth: expected failures are one line each, and the connection closes.
+        except IncompleteResponse as exc:
+            if resp is None or not resp.headers_sent:
+                raise  # nothing sent yet: answered with a 500
+            self.log.warning("%s %s: %s; connection closed", req.method, req.path, exc)
+            return False
+        except ClientTooSlow as exc:
+            self.log.info("%s %s from %s: %s; connection closed", req.method, req.path, _ip(addr), exc)
+            return False
+        except OSError as exc:
+            if exc.errno not in _CLIENT_GONE:
+                raise
+            self.log.info(
+                "%s %s: the client went away after %d bytes of the response (%s)",
+                req.method, req.path, conn.sent - sent_before, exc.strerror or exc,
+            )  # fmt: skip
+            return False
+        except Exception:
+            if resp is not None and resp.headers_sent:
+                # Writing an error response now would corrupt the one under way: close.
+                self.log.exception("Error handling request %s %s", req.method, req.uri)
+                return False
+            raise
+        finally:
+            body.release(req)  # Berth: now, not at the garbage collector's next full pass
+            try:
+                self.cfg.post_request(self, req, environ, resp)
+            except Exception:
+                self.log.exception("Exception in post_request hook")
+
+    def _log_body_failure(self, req) -> None:
+        error = getattr(req.body, "error", None)
+        if error is not None:  # answered (400) and closing; say why once, for the operator
+            self.log.info("%s %s: request body: %s; connection closed", req.method, req.path, error)
 
 
-class _DownloadSocket:
-    """The connection as gunicorn sees it: the gevent socket, with a block-copying sendfile."""
+class _NewConnectionsFirst(Pool):
+    """The pool of connection greenlets. A greenlet spawned by the accept loop runs at once,
+    until it first waits, instead of joining the end of the queue of greenlets ready to run:
+    under load that queue holds every busy keep-alive connection, and a new client would wait
+    for all of them to be served once (0.5 s with 1,000 connections) before its first request
+    is even read. The accept callback runs in the event loop's own greenlet, which is where
+    gevent resumes any greenlet whose socket became ready, so switching from there is safe."""
 
-    __slots__ = ("_sock",)
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-
-    def __getattr__(self, name):
-        return getattr(self._sock, name)
-
-    def sendfile(self, file, offset: int = 0, count: int | None = None) -> int:
-        out_fd, in_fd = self._sock.fileno(), file.fileno()
-        if count is None:
-            count = os.fstat(in_fd).st_size - offset
-        block = memoryview(bytearray(max(1, min(SEND_BLOCK, count))))
-        sent = 0
-        while sent < count:
-            n = os.preadv(in_fd, [block[: min(len(block), count - sent)]], offset + sent)
-            if n == 0:
-                break  # the file ended early
-            done = 0
-            while done < n:
-                try:
-                    done += os.write(out_fd, block[done:n])
-                except BlockingIOError:
-                    wait_write(out_fd, timeout=SEND_STALL_TIMEOUT, timeout_exc=TimeoutError("send stalled"))
-            sent += n
-        file.seek(offset + sent)  # where socket.sendfile leaves it
-        return sent
+    def start(self, greenlet, *args, **kwargs):
+        self.add(greenlet, *args, **kwargs)
+        if gevent.getcurrent() is gevent.get_hub():
+            greenlet.switch()
+        else:
+            greenlet.start()
 
 
-def _is_tls_probe(client: socket.socket) -> bool:
-    client.setblocking(1)
-    try:
-        first = client.recv(1, socket.MSG_PEEK)
-    except OSError:
-        return False
-    return bool(first) and first[0] == TLS_HANDSHAKE_RECORD
+def _short(req, resp) -> bool:
+    """The response has a body, and it ended before its Content-Length."""
+    status = resp.status_code or 0
+    has_body = req.method != "HEAD" and status not in (204, 304) and status >= 200
+    return has_body and resp.response_length is not None and resp.sent < resp.response_length
+
+
+def _has_buffered(unreader) -> bool:
+    """gunicorn's unreader holds bytes read past the last request: a pipelined next request."""
+    return unreader.buf.seek(0, io.SEEK_END) > 0
+
+
+def _ip(addr) -> str:
+    return addr[0] if isinstance(addr, tuple) and addr else str(addr)
 
 
 def _refuse_tls(client: socket.socket) -> None:
     """Answer, then close gracefully: closing with the ClientHello still unread would make the
-    kernel send a reset, and the client could lose the answer."""
+    kernel send a reset, and the client could lose the answer. The wait for the client to
+    close is bounded in time and bytes, like every other wait on a client."""
+    deadline = time.monotonic() + 2
     try:
-        client.sendall(_TLS_REFUSAL)
-        client.shutdown(socket.SHUT_WR)
         client.settimeout(2)
-        while client.recv(65536):  # drain until the client closes (or 2 s of silence)
-            pass
+        client.sendall(_TLS_REFUSAL)  # fits in any socket buffer
+        client.shutdown(socket.SHUT_WR)
+        drained = 0
+        while drained < 1024 * 1024 and (left := deadline - time.monotonic()) > 0:
+            client.settimeout(left)
+            chunk = client.recv(65536)
+            if not chunk:
+                break  # the client closed
+            drained += len(chunk)
     except OSError:
         pass
     finally:

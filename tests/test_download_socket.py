@@ -1,4 +1,4 @@
-"""serving/worker.py's sendfile: a blob (or a range of it) written in blocks, also when the
+"""serving/connection.py's sendfile: a blob (or a range of it) written in blocks, also when the
 socket buffer is full and the receiver is slow."""
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ import threading
 
 import pytest
 
-from serving.worker import SEND_BLOCK, _DownloadSocket
+from serving.connection import SEND_BLOCK, ClientConnection
+from serving.errors import IncompleteResponse
+from serving.limits import ServerLimits
 
 
 def _receive_all(sock: socket.socket, out: bytearray) -> None:
@@ -33,7 +35,7 @@ def test_sends_exactly_the_range_asked_and_leaves_the_file_after_it(tmp_path, of
     reader.start()
     try:
         with open(path, "rb") as fh:
-            sent = _DownloadSocket(sender).sendfile(fh, offset, count)
+            sent = ClientConnection(sender, ServerLimits()).sendfile(fh, offset, count)
             position = fh.tell()
     finally:
         sender.close()
@@ -45,12 +47,14 @@ def test_sends_exactly_the_range_asked_and_leaves_the_file_after_it(tmp_path, of
     assert position == offset + sent
 
 
-def test_a_file_shorter_than_the_count_ends_the_send(tmp_path):
+def test_a_file_shorter_than_the_count_is_an_incomplete_response(tmp_path):
+    """The Content-Length promised 500 bytes: the worker must close the connection rather than
+    leave the client waiting for the rest."""
     path = tmp_path / "blob"
     path.write_bytes(b"x" * 1000)
     sender, receiver = socket.socketpair()
-    with open(path, "rb") as fh:
-        assert _DownloadSocket(sender).sendfile(fh, 900, 500) == 100
+    with open(path, "rb") as fh, pytest.raises(IncompleteResponse, match="after 100 of 500 bytes"):
+        ClientConnection(sender, ServerLimits()).sendfile(fh, 900, 500)
     sender.close()
     assert receiver.recv(1000) == b"x" * 100
     receiver.close()

@@ -8,9 +8,11 @@ import random
 import pytest
 from gunicorn.http.unreader import IterUnreader
 
-from serving.body import BUFFER_SIZE, BodyError, SocketBody, SocketBodyReader
+from serving.body import BATCH, BUFFER_SIZE, BodyError, SocketBody, SocketBodyReader
+from serving.limits import ServerLimits
 
 LINE_LIMIT, TRAILER_LIMIT = 8190, 8190 * 32
+LIMITS = ServerLimits()
 
 
 class ScriptedSocket:
@@ -22,6 +24,9 @@ class ScriptedSocket:
         self._turn = 0
         self._error = error
         self.calls = 0
+
+    def settimeout(self, timeout: float | None) -> None:
+        self.timeout = timeout
 
     def recv_into(self, view, nbytes: int = 0) -> int:
         self.calls += 1
@@ -50,7 +55,7 @@ def reader(wire: bytes, length: int | None, held: bytes = b"", pieces: list[int]
     if held:
         unreader.unread(held)
     sock = ScriptedSocket(wire, pieces)
-    return SocketBodyReader(sock, unreader, length, LINE_LIMIT, TRAILER_LIMIT), unreader, sock
+    return SocketBodyReader(sock, unreader, length, LINE_LIMIT, TRAILER_LIMIT, LIMITS), unreader, sock
 
 
 class FakeRequest:
@@ -166,7 +171,7 @@ def test_a_length_body_that_ends_early_is_refused():
 def test_a_connection_error_becomes_a_body_error():
     unreader = IterUnreader([])
     sock = ScriptedSocket(b"5\r\nab", error=ConnectionResetError("reset by peer"))
-    r = SocketBodyReader(sock, unreader, None, LINE_LIMIT, TRAILER_LIMIT)
+    r = SocketBodyReader(sock, unreader, None, LINE_LIMIT, TRAILER_LIMIT, LIMITS)
     with pytest.raises(BodyError, match="connection failed"):
         drain(r)
 
@@ -212,8 +217,6 @@ def test_length_body_larger_than_the_buffer_comes_out_whole_in_any_read_sizes(li
 
 def test_slow_client_pieces_are_gathered_into_batches():
     # A client slower than Berth: every recv() returns 4 KiB. The app still gets large views.
-    from serving.body import BATCH
-
     for wire, length in (
         (PAYLOAD[: 2 * BUFFER_SIZE], 2 * BUFFER_SIZE),
         (chunked(PAYLOAD[: 2 * BUFFER_SIZE], [16384]), None),
@@ -224,3 +227,102 @@ def test_slow_client_pieces_are_gathered_into_batches():
             spans.append(len(span))
         assert sum(spans) == 2 * BUFFER_SIZE
         assert min(spans[:-1]) >= BATCH
+
+
+# --------------------------------------------------------------------------- memory and deadlines
+
+
+def test_nothing_is_allocated_or_read_until_the_body_is_asked_for():
+    """A request refused before its body is read costs no buffer and no read."""
+    r, unreader, sock = reader(chunked(PAYLOAD[:5000], [100]), None, held=b"5\r\nabcde\r\n")
+    assert len(r._buf) == 0
+    assert sock.calls == 0
+    assert unreader.take_buffered() == b"5\r\nabcde\r\n"  # still gunicorn's, untouched
+
+
+@pytest.mark.parametrize("length", [None, 3 * BUFFER_SIZE])
+def test_the_buffer_starts_small_and_grows_only_as_the_body_proves_large(length):
+    from serving.body import INITIAL_BUFFER_SIZE
+
+    wire = chunked(PAYLOAD[:1000], [100]) if length is None else PAYLOAD[:1000]
+    small, _, _ = reader(wire, None if length is None else 1000)
+    assert drain(small) == PAYLOAD[:1000]
+    assert len(small._buf) <= INITIAL_BUFFER_SIZE
+    payload = PAYLOAD[: 3 * BUFFER_SIZE]
+    wire = chunked(payload, [65536]) if length is None else payload
+    big, _, _ = reader(wire, length, pieces=[10 * BUFFER_SIZE])
+    sizes = set()
+    out = bytearray()
+    while (span := big.next_span(BUFFER_SIZE)) is not None:
+        out += span
+        sizes.add(len(big._buf))
+    assert out == payload
+    assert max(sizes) == BUFFER_SIZE
+
+
+def test_a_large_trailer_section_grows_the_buffer_up_to_its_limit():
+    trailer = b"X-Big: " + b"t" * 200_000 + b"\r\n"
+    r, _, _ = reader(chunked(b"abc", [3], trailer=trailer), None, pieces=[4096])
+    assert drain(r) == b"abc"
+
+
+def test_release_frees_the_buffer_and_refuses_further_reads():
+    r, _, _ = reader(PAYLOAD[: 2 * BUFFER_SIZE], 2 * BUFFER_SIZE)
+    r.next_span(BATCH)
+    r.release()
+    assert len(r._buf) == 0
+    with pytest.raises(BodyError, match="the request is over"):
+        drain(r)
+
+
+class SilentSocket(ScriptedSocket):
+    """Hands out `data` in pieces, then waits like a gevent socket: until its timeout."""
+
+    def __init__(self, data: bytes, pieces: list[int] | None = None) -> None:
+        super().__init__(data, pieces)
+        self.timeouts: list[float | None] = []
+
+    def settimeout(self, timeout: float | None) -> None:
+        self.timeouts.append(timeout)
+
+    def recv_into(self, view, nbytes: int = 0) -> int:
+        if self._pos == len(self._data):
+            raise TimeoutError("timed out")
+        return super().recv_into(view, nbytes)
+
+
+def test_every_receive_waits_no_longer_than_the_rest_of_the_period_and_silence_is_refused():
+    limits = ServerLimits(body_timeout=7, min_rate=1024)
+    sock = SilentSocket(b"12345", pieces=[2])
+    r = SocketBodyReader(sock, IterUnreader([]), 100, LINE_LIMIT, TRAILER_LIMIT, limits)
+    with pytest.raises(BodyError, match=r"receiving the request body: fewer than 7168 bytes in 7 s"):
+        drain(r)
+    waits = [t for t in sock.timeouts if t is not None]
+    assert waits and all(0 < t <= 7 for t in waits)
+    assert sock.timeouts[-1] is not None  # failed: the connection closes, no reset needed
+
+
+def test_the_deadline_is_lifted_when_the_body_ends():
+    sock = SilentSocket(b"0123456789", pieces=[3])
+    r = SocketBodyReader(sock, IterUnreader([]), 10, LINE_LIMIT, TRAILER_LIMIT, LIMITS)
+    assert drain(r) == b"0123456789"
+    assert sock.timeouts[-1] is None  # what follows (the next request's head) has its own
+
+
+def test_time_the_server_spends_elsewhere_is_not_held_against_the_client(monkeypatch):
+    """Between two reads the app may spend minutes writing to slow storage; the client's bytes
+    are waiting in the socket meanwhile. Only waits for the client count towards the period."""
+    import serving.body
+
+    now = [0.0]
+    monkeypatch.setattr(serving.body, "monotonic", lambda: now[0])
+    limits = ServerLimits(body_timeout=2, min_rate=1024 * 1024)  # 2 MiB per 2 s of waiting
+    wire = PAYLOAD[: 4 * BUFFER_SIZE]
+    r = SocketBodyReader(
+        ScriptedSocket(wire, pieces=[65536]), IterUnreader([]), len(wire), LINE_LIMIT, TRAILER_LIMIT, limits
+    )
+    out = bytearray()
+    while (span := r.next_span(BUFFER_SIZE)) is not None:
+        out += span
+        now[0] += 100  # a slow storage write
+    assert out == wire

@@ -4,6 +4,7 @@ process level (TLS probes, memory bounded whatever the blob size, startup valida
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import socket
@@ -137,6 +138,31 @@ def test_invalid_settings_stop_the_server_with_one_clear_message(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("BERTH_BODY_TIMEOUT", "soon", "BERTH_BODY_TIMEOUT must be a whole number of at least 1, not 'soon'"),
+        (
+            "BERTH_WORKER_CONNECTIONS",
+            "0",
+            "BERTH_WORKER_CONNECTIONS must be a whole number of at least 1, not '0'",
+        ),
+    ],
+)
+def test_invalid_server_settings_stop_the_server_with_one_clear_message(tmp_path, name, value, message):
+    env = {**os.environ, "REGISTRY_DATA_DIR": str(tmp_path), name: value}
+    proc = subprocess.run(
+        [BerthServer.gunicorn_path(), "-c", "gunicorn.conf.py", "-b", "127.0.0.1:0", "app:app"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert proc.stderr.strip() == f"Berth: invalid settings: {message}"
+
+
 def test_reload_lets_an_upload_in_flight_finish(berth):
     """A graceful reload (SIGHUP) while a PATCH streams: the old worker finishes the request,
     the upload completes on the new workers, and idle keep-alive connections do not hold the
@@ -266,3 +292,65 @@ def test_malformed_chunked_body_gets_an_oci_error_and_the_upload_is_untouched(be
     status = session.get(berth.url + location.split(berth.url, 1)[-1], timeout=10)
     assert status.status_code == 204
     assert status.headers["Range"] == "0-0"
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGHUP"])
+def test_a_graceful_stop_that_has_to_end_transfers_says_so_in_one_line(
+    make_registry, registry_class, signal_name
+):
+    """A download and an upload still going when the graceful timeout runs out: the worker
+    ends them itself and logs one warning (before, the master killed it without a word), and
+    on a reload the new workers serve."""
+    import signal
+    import threading
+
+    from . import rawhttp
+
+    if registry_class is not BerthServer:
+        pytest.fail("Berth-specific: unset E2E_TARGET", pytrace=False)
+    berth = make_registry(workers=1, extra_env={"BERTH_GRACEFUL_TIMEOUT": "2"})
+    data = os.urandom(8 * MiB)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    s = berth.session()
+    location = s.post(f"{berth.url}/v2/stop/test/blobs/uploads/", timeout=10).headers["Location"]
+    assert s.put(berth.url + location, params={"digest": digest}, data=data, timeout=60).status_code == 201
+    location = s.post(f"{berth.url}/v2/stop/test/blobs/uploads/", timeout=10).headers["Location"]
+    done = threading.Event()
+
+    def download():  # about 1 MB/s: 8 s for the blob
+        with rawhttp.connect(berth.port, rcvbuf=65536) as sock:
+            sock.sendall(rawhttp.request("GET", f"/v2/stop/test/blobs/{digest}", berth.rw))
+            rawhttp.read_head(sock)
+            while not done.is_set() and sock.recv(65536):
+                time.sleep(0.05)
+
+    def upload():  # about 300 KB/s, for ever
+        with rawhttp.connect(berth.port) as sock:
+            sock.sendall(rawhttp.request("PATCH", location, berth.rw, {"Transfer-Encoding": "chunked"}))
+            with contextlib.suppress(OSError):
+                while not done.is_set():
+                    sock.sendall(b"4000\r\n" + b"x" * 0x4000 + b"\r\n")
+                    time.sleep(0.05)
+
+    clients = [threading.Thread(target=download), threading.Thread(target=upload)]
+    for client in clients:
+        client.start()
+    try:
+        time.sleep(0.5)
+        old_workers = berth.worker_pids()
+        os.kill(berth.pid, getattr(signal, signal_name))
+        deadline = time.monotonic() + 10
+        while berth.worker_pids() & old_workers and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not berth.worker_pids() & old_workers, "the old worker is still running"
+    finally:
+        done.set()
+        for client in clients:
+            client.join(10)
+    log = berth.log_path.read_text()
+    lines = [line for line in log.splitlines() if "raceful timeout" in line]
+    assert len(lines) == 1, lines
+    assert "[WARNING]" in lines[0] and "closing 2 connection(s)" in lines[0]
+    assert "Traceback" not in log and "Error handling request" not in log
+    if signal_name == "SIGHUP":
+        assert s.get(f"{berth.url}/v2/", timeout=10).status_code == 200
