@@ -43,6 +43,18 @@ def write_errors(what: str) -> Iterator[None]:
         raise StorageError(f"cannot write {what}: {exc.strerror or exc}") from exc
 
 
+@contextmanager
+def read_errors(key: str) -> Iterator[None]:
+    """A missing object is ObjectNotFound; any other OSError (EIO, EACCES, a disk gone) is a
+    StorageError, which the API answers with 503 rather than a 500 and a traceback."""
+    try:
+        yield
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        raise ObjectNotFound(key) from None
+    except OSError as exc:
+        raise StorageError(f"cannot read {key}: {exc.strerror or exc}") from exc
+
+
 def in_directory(directory: Path, action) -> None:
     """Run `action` (which creates something in `directory`) after making the directory. Another
     process may prune it as empty in between (deletes remove empty directories), so retry."""
@@ -174,10 +186,8 @@ class FilesystemDriver(StorageDriver):
         return self.root.joinpath(*parts)
 
     def read_bytes(self, key: str) -> bytes:
-        try:
+        with read_errors(key):
             return self.path(key).read_bytes()
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            raise ObjectNotFound(key) from None
 
     def write_bytes(self, key: str, data: bytes) -> None:
         target = self.path(key)
@@ -196,19 +206,15 @@ class FilesystemDriver(StorageDriver):
             raise
 
     def size(self, key: str) -> int:
-        try:
+        with read_errors(key):
             st = self.path(key).stat()
-        except (FileNotFoundError, NotADirectoryError):
-            raise ObjectNotFound(key) from None
         if not stat.S_ISREG(st.st_mode):  # a prefix (directory) is not an object
             raise ObjectNotFound(key)
         return st.st_size
 
     def open_range(self, key: str, start: int = 0, length: int | None = None) -> RangeFile:
-        try:
+        with read_errors(key):
             fh = open(self.path(key), "rb")
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            raise ObjectNotFound(key) from None
         size = os.fstat(fh.fileno()).st_size
         start = min(start, size)
         available = size - start
@@ -216,8 +222,9 @@ class FilesystemDriver(StorageDriver):
 
     def list_children(self, prefix: str) -> list[str]:
         try:
-            names = os.listdir(self.path(prefix))
-        except (FileNotFoundError, NotADirectoryError):
+            with read_errors(prefix):
+                names = os.listdir(self.path(prefix))
+        except ObjectNotFound:
             return []
         return [n for n in names if not n.startswith(TMP_PREFIX)]
 
