@@ -123,9 +123,10 @@ def test_memory_stays_bounded_for_big_blobs(berth_on_each_storage):
     )
 
 
-def test_invalid_settings_stop_the_server_with_one_clear_message(tmp_path):
-    env = {**os.environ, "REGISTRY_DATA_DIR": str(tmp_path), "ANONYMOUS_PULL": "maybe"}
-    proc = subprocess.run(
+def _start_with(tmp_path, **settings) -> subprocess.CompletedProcess:
+    """gunicorn started with `settings` added to the environment; it is expected to stop."""
+    env = {**os.environ, "REGISTRY_DATA_DIR": str(tmp_path), **settings}
+    return subprocess.run(
         [BerthServer.gunicorn_path(), "-c", "gunicorn.conf.py", "-b", "127.0.0.1:0", "app:app"],
         cwd=REPO_ROOT,
         env=env,
@@ -133,6 +134,10 @@ def test_invalid_settings_stop_the_server_with_one_clear_message(tmp_path):
         text=True,
         timeout=60,
     )
+
+
+def test_invalid_settings_stop_the_server_with_one_clear_message(tmp_path):
+    proc = _start_with(tmp_path, ANONYMOUS_PULL="maybe")
     assert proc.returncode != 0
     assert "Berth: invalid settings: ANONYMOUS_PULL must be true or false, not 'maybe'" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -150,15 +155,7 @@ def test_invalid_settings_stop_the_server_with_one_clear_message(tmp_path):
     ],
 )
 def test_invalid_server_settings_stop_the_server_with_one_clear_message(tmp_path, name, value, message):
-    env = {**os.environ, "REGISTRY_DATA_DIR": str(tmp_path), name: value}
-    proc = subprocess.run(
-        [BerthServer.gunicorn_path(), "-c", "gunicorn.conf.py", "-b", "127.0.0.1:0", "app:app"],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = _start_with(tmp_path, **{name: value})
     assert proc.returncode != 0
     assert proc.stderr.strip() == f"Berth: invalid settings: {message}"
 
