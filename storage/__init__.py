@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from settings import Settings
 from storage.driver import StorageDriver
-from storage.filesystem import FilesystemDriver
+from storage.drivers.filesystem import FilesystemDriver
 
 
 def driver_from_settings(settings: Settings) -> StorageDriver:
@@ -12,7 +12,7 @@ def driver_from_settings(settings: Settings) -> StorageDriver:
     if settings.storage == "filesystem":
         return FilesystemDriver(settings.data_dir)
     if settings.storage == "s3" and settings.s3 is not None:
-        from storage.s3 import S3Driver  # boto3 is imported only when S3 is used
+        from storage.drivers.s3 import S3Driver  # boto3 is imported only when S3 is used
 
         return S3Driver(settings.s3)
     raise ValueError(f"unknown storage backend {settings.storage!r}")

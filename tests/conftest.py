@@ -191,7 +191,7 @@ def make_s3_driver(s3_bucket, r2_strict):
     """A factory of S3 drivers over one moto bucket (5 MiB parts), each checked against R2's
     multipart rules."""
     from settings import S3Settings
-    from storage.s3 import S3Driver
+    from storage.drivers.s3 import S3Driver
 
     def make(**overrides):
         settings = S3Settings(

@@ -35,7 +35,7 @@ class HttpS3:
         import boto3
 
         from settings import S3Settings
-        from storage.s3 import S3Driver
+        from storage.drivers.s3 import S3Driver
 
         if self.session is None:
             self.session = boto3.session.Session()

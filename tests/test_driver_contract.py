@@ -9,7 +9,7 @@ import time
 import pytest
 
 from storage.driver import InvalidKey, ObjectBusy, ObjectNotFound, StorageDriver
-from storage.filesystem import FilesystemDriver
+from storage.drivers.filesystem import FilesystemDriver
 
 
 @pytest.fixture(params=["filesystem", "s3"])
@@ -227,7 +227,7 @@ def test_filesystem_write_survives_a_concurrent_prune(tmp_path, monkeypatch):
     prunes it retries instead of failing."""
     import builtins
 
-    from storage import filesystem
+    from storage.drivers import filesystem
 
     driver = FilesystemDriver(tmp_path)
     real_open, pruned = builtins.open, []

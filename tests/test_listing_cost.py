@@ -11,7 +11,7 @@ import pytest
 from falcon import testing
 
 from app import create_app
-from storage.filesystem import FilesystemDriver
+from storage.drivers.filesystem import FilesystemDriver
 from tests.conftest import OCI_INDEX, OCI_MANIFEST, Api, make_settings
 from tests.test_auth_and_errors import assert_oci_error
 

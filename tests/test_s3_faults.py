@@ -11,7 +11,7 @@ import time
 import pytest
 from falcon import testing
 
-import storage.s3_lease
+import storage.drivers.s3_lease
 import storage.uploads
 from app import create_app
 from storage import paths
@@ -38,8 +38,8 @@ def faults(s3):
 def reg(s3, tmp_path, monkeypatch):
     """A registry on a fresh key prefix, through the fault proxy."""
     fast_boto_retries(monkeypatch)
-    monkeypatch.setattr(storage.s3_lease, "LEASE_TTL", TTL)
-    monkeypatch.setattr(storage.s3_lease, "LEASE_RENEW_EVERY", TTL / 4)
+    monkeypatch.setattr(storage.drivers.s3_lease, "LEASE_TTL", TTL)
+    monkeypatch.setattr(storage.drivers.s3_lease, "LEASE_RENEW_EVERY", TTL / 4)
     driver = s3.driver(s3.fresh_prefix())
     api = Api(testing.TestClient(create_app(make_settings(tmp_path / "unused"), driver)), tmp_path)
     api.driver = driver
@@ -112,7 +112,7 @@ def test_a_small_read_that_keeps_breaking_is_503(reg, faults):
     r = reg.request("GET", "/v2/f/broken/manifests/latest")
     assert r.status_code == 503
     assert r.json["errors"][0]["code"] == "UNAVAILABLE"
-    assert injected(faults) == [storage.s3.SMALL_READ_ATTEMPTS]
+    assert injected(faults) == [storage.drivers.s3.SMALL_READ_ATTEMPTS]
 
 
 @pytest.mark.parametrize("action", ["truncate", "reset_mid_response"])
@@ -333,4 +333,4 @@ def test_a_lease_is_taken_over_only_when_stale_by_both_clocks(stated, written_ag
         "ResponseMetadata": {"HTTPHeaders": {"date": format_datetime(store_now, usegmt=True)}},
     }
     fields = ["token", f"{time.time() + stated:.3f}"]
-    assert storage.s3_lease._expired(response, fields) is expired
+    assert storage.drivers.s3_lease._expired(response, fields) is expired

@@ -9,7 +9,7 @@ import hashlib
 import pytest
 from falcon import testing
 
-import storage.s3_writer
+import storage.drivers.s3_writer
 from app import create_app
 from tests.conftest import Api, make_settings
 
@@ -144,7 +144,7 @@ def test_blobs_beyond_single_request_limits(s3_apis, make_s3_driver, r2_strict, 
     scaled down (R2: 5 GiB per PUT, part or copied range), a blob four times that size goes
     through parts and a ranged multipart copy, every request under the limit."""
     limit = 6 * MiB
-    monkeypatch.setattr(storage.s3_writer, "MAX_COPY_PART", limit)
+    monkeypatch.setattr(storage.drivers.s3_writer, "MAX_COPY_PART", limit)
     largest = []
 
     def record(params, **_):
@@ -209,7 +209,7 @@ class _Unchecked:
 def test_missing_bucket_is_a_clear_startup_error(s3_bucket):
     from settings import S3Settings
     from storage.driver import StorageError
-    from storage.s3 import S3Driver
+    from storage.drivers.s3 import S3Driver
 
     with pytest.raises(StorageError, match="does not exist"):
         S3Driver(S3Settings(bucket="no-such-bucket", region="us-east-1")).check()

@@ -12,9 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from falcon import testing
 
-import storage.s3_lease
+import storage.drivers.s3_lease
 from app import create_app
-from storage import filesystem
+from storage.drivers import filesystem
 from tests.conftest import Api, make_settings
 from tests.s3_endpoint import (
     PART,
@@ -155,8 +155,8 @@ def s3(tmp_path_factory):
 @pytest.fixture
 def short_leases(s3, monkeypatch):
     fast_boto_retries(monkeypatch)
-    monkeypatch.setattr(storage.s3_lease, "LEASE_TTL", 1.0)
-    monkeypatch.setattr(storage.s3_lease, "LEASE_RENEW_EVERY", 0.25)
+    monkeypatch.setattr(storage.drivers.s3_lease, "LEASE_TTL", 1.0)
+    monkeypatch.setattr(storage.drivers.s3_lease, "LEASE_RENEW_EVERY", 0.25)
     yield
     s3.faults.clear()
 

@@ -319,7 +319,7 @@ def test_a_request_waits_for_another_writing_the_upload(api, repo, monkeypatch):
 
     import storage.uploads
     from storage import paths
-    from storage.filesystem import FilesystemDriver
+    from storage.drivers.filesystem import FilesystemDriver
 
     loc = start(api, repo)
     lock = paths.upload_lock(loc.rsplit("/", 1)[1])

@@ -17,7 +17,7 @@ import logging
 from app import create_app
 from settings import Settings
 from storage.driver import StorageError
-from storage.filesystem import FilesystemDriver
+from storage.drivers.filesystem import FilesystemDriver
 
 MiB = 1024 * 1024
 

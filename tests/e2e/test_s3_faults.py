@@ -35,7 +35,7 @@ def fault_proxy(moto_s3, tmp_path_factory):
 def faulty_berth(make_registry, registry_class, s3_env, fault_proxy, monkeypatch):
     """Berth with one gevent worker on the faulty store; `store` sees its prefix directly."""
     from settings import S3Settings
-    from storage.s3 import S3Driver
+    from storage.drivers.s3 import S3Driver
     from tests.e2e.servers import BerthServer
 
     if registry_class is not BerthServer:

@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from storage.driver import AppendWriter, ObjectNotFound, StorageError
-from storage.s3 import READ_CHUNK, S3Driver, log, s3_errors
+from storage.drivers.s3 import READ_CHUNK, S3Driver, log, s3_errors
 
 MAX_PARTS = 10_000
 MAX_COPY_PART = 5 * 1024**3 - 5 * 1024**2  # R2's limit for one part or copied range

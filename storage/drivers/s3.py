@@ -270,13 +270,13 @@ class S3Driver(StorageDriver):
     # -- uploads -----------------------------------------------------------------------------
 
     def append_writer(self, key: str, resume: dict[str, Any] | None = None, target: str | None = None):
-        from storage.s3_writer import S3AppendWriter
+        from storage.drivers.s3_writer import S3AppendWriter
 
         return S3AppendWriter(self, key, resume, target)
 
     @contextmanager
     def exclusive(self, key: str, wait: float = 0.0) -> Iterator[None]:
-        from storage.s3_lease import Lease
+        from storage.drivers.s3_lease import Lease
 
         lease = Lease(self, key)
         lease.acquire(wait)

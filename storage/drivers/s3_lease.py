@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from storage.driver import ObjectBusy, ObjectNotFound, StorageError
 
 if TYPE_CHECKING:
-    from storage.s3 import S3Driver
+    from storage.drivers.s3 import S3Driver
 
 log = logging.getLogger("berth.s3")
 
@@ -89,7 +89,7 @@ class Lease:
 
     def _write(self, **condition: str) -> bool:
         """PUT our token under `condition`; False if refused by someone else's lease."""
-        from storage.s3 import crc32
+        from storage.drivers.s3 import crc32
 
         body = f"{self._token} {time.time() + LEASE_TTL:.3f}".encode()
         client = self._driver.client
@@ -119,7 +119,7 @@ class Lease:
         return _Holder(token, response["ETag"], _expired(response, fields))
 
     def _errors(self):
-        from storage.s3 import s3_errors
+        from storage.drivers.s3 import s3_errors
 
         return s3_errors(self._key)
 
