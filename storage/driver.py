@@ -7,8 +7,9 @@ touch a backend directly. Keys are '/'-separated relative paths laid out by stor
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 
@@ -31,6 +32,25 @@ class InvalidKey(StorageError):
 class StorageFull(StorageError):
     """The backend has no space left (ENOSPC, a quota): nothing more can be written, while
     everything stored can still be read."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a listing or a stat says about one object."""
+
+    key: str
+    size: int
+    modified: float  # seconds since the epoch, by the store's clock
+    version: str  # changes whenever the object is written again (an ETag, or mtime and inode)
+
+
+@dataclass(frozen=True)
+class PendingUpload:
+    """An object store's multipart upload that was started and neither completed nor aborted."""
+
+    key: str
+    upload_id: str
+    started: float  # seconds since the epoch, by the store's clock
 
 
 class ObjectReader(Protocol):
@@ -105,6 +125,15 @@ class StorageDriver(ABC):
         """The object's size; ObjectNotFound if absent."""
 
     @abstractmethod
+    def stat(self, key: str) -> ObjectInfo:
+        """The object's size, modification time and version; ObjectNotFound if absent."""
+
+    @abstractmethod
+    def walk(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every object under `prefix`, at any depth, in no particular order, with what a stat
+        says of it. Object stores list 1,000 objects a request: no request per object."""
+
+    @abstractmethod
     def open_range(self, key: str, start: int = 0, length: int | None = None) -> ObjectReader:
         """Stream `length` bytes (to the end if None) from `start`; ObjectNotFound if absent."""
 
@@ -119,6 +148,19 @@ class StorageDriver(ABC):
     @abstractmethod
     def delete_prefix(self, prefix: str) -> None:
         """Remove everything under `prefix`; absent is fine."""
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        """Remove many objects (absent ones are fine); object stores batch the requests."""
+        for key in keys:
+            self.delete(key)
+
+    def pending_uploads(self) -> Iterator[PendingUpload]:
+        """The store's multipart uploads in progress under this driver's prefix (none on
+        backends without them). Garbage collection aborts the ones nothing owns."""
+        return iter(())
+
+    def abort_pending(self, upload: PendingUpload) -> None:  # noqa: B027 - none to abort by default
+        """Abort one of `pending_uploads()`; already gone is fine."""
 
     @abstractmethod
     def append_writer(

@@ -18,6 +18,7 @@ from storage.driver import (
     AppendWriter,
     InvalidKey,
     ObjectBusy,
+    ObjectInfo,
     ObjectNotFound,
     StorageDriver,
     StorageError,
@@ -175,6 +176,11 @@ class FilesystemAppendWriter(AppendWriter):
         self._fh.close()
 
 
+def _info(key: str, st: os.stat_result) -> ObjectInfo:
+    # A write replaces the file (a new inode) or changes its time: either changes the version.
+    return ObjectInfo(key, st.st_size, st.st_mtime, f"{st.st_ino}-{st.st_mtime_ns}-{st.st_size}")
+
+
 class FilesystemDriver(StorageDriver):
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root).resolve()
@@ -211,6 +217,36 @@ class FilesystemDriver(StorageDriver):
         if not stat.S_ISREG(st.st_mode):  # a prefix (directory) is not an object
             raise ObjectNotFound(key)
         return st.st_size
+
+    def stat(self, key: str) -> ObjectInfo:
+        with read_errors(key):
+            st = self.path(key).stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise ObjectNotFound(key)
+        return _info(key, st)
+
+    def walk(self, prefix: str) -> Iterator[ObjectInfo]:
+        top = self.path(prefix)
+
+        # os.walk ignores errors by default: a failing directory must not look empty to the
+        # garbage collector, which would then think what it holds is unreferenced.
+        def fail(exc: OSError) -> None:
+            if not isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+                raise StorageError(f"cannot list {prefix}: {exc.strerror or exc}") from exc
+
+        for directory, _dirs, files in os.walk(top, onerror=fail):
+            base = Path(directory).relative_to(self.root).as_posix()
+            for name in files:
+                if name.startswith(TMP_PREFIX):
+                    continue
+                key = f"{base}/{name}"
+                try:
+                    st = os.stat(os.path.join(directory, name))
+                except FileNotFoundError:
+                    continue  # deleted while listing
+                except OSError as exc:
+                    raise StorageError(f"cannot stat {key}: {exc.strerror or exc}") from exc
+                yield _info(key, st)
 
     def open_range(self, key: str, start: int = 0, length: int | None = None) -> RangeFile:
         with read_errors(key):

@@ -12,7 +12,7 @@ import os
 import random
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -20,7 +20,9 @@ from settings import S3Settings
 from storage.driver import (
     InvalidKey,
     ObjectBusy,
+    ObjectInfo,
     ObjectNotFound,
+    PendingUpload,
     StorageDriver,
     StorageError,
 )
@@ -28,6 +30,7 @@ from storage.driver import (
 log = logging.getLogger("berth.s3")
 
 READ_CHUNK = 1024 * 1024
+DELETE_BATCH = 1000  # DeleteObjects' limit
 SMALL_READ_ATTEMPTS = 4  # whole reads of small objects (state, carries, manifests, tags, leases)
 STREAM_RESUMES = 3  # reopenings of a blob stream in a row without a byte read in between
 
@@ -227,6 +230,25 @@ class S3Driver(StorageDriver):
         with s3_errors(key):
             return int(self.client.head_object(Bucket=self.bucket, Key=self.object_key(key))["ContentLength"])
 
+    def stat(self, key: str) -> ObjectInfo:
+        with s3_errors(key):
+            head = self.client.head_object(Bucket=self.bucket, Key=self.object_key(key))
+        return ObjectInfo(key, int(head["ContentLength"]), head["LastModified"].timestamp(), head["ETag"])
+
+    def walk(self, prefix: str) -> Iterator[ObjectInfo]:
+        base = self.object_key(prefix) + "/"
+        with s3_errors(prefix):
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=base
+            ):
+                for obj in page.get("Contents", []):
+                    yield ObjectInfo(
+                        obj["Key"][len(self._prefix) :],
+                        int(obj["Size"]),
+                        obj["LastModified"].timestamp(),
+                        obj.get("ETag", ""),
+                    )
+
     def open_range(self, key: str, start: int = 0, length: int | None = None) -> S3Reader:
         object_key = self.object_key(key)
         with s3_errors(key):
@@ -266,6 +288,50 @@ class S3Driver(StorageDriver):
                 keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
                 if keys:
                     self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        batch: list[str] = []
+        for key in keys:
+            batch.append(self.object_key(key))
+            if len(batch) == DELETE_BATCH:
+                self._delete_batch(batch)
+                batch = []
+        if batch:
+            self._delete_batch(batch)
+
+    def _delete_batch(self, object_keys: list[str]) -> None:
+        with s3_errors(object_keys[0]):
+            response = self.client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in object_keys], "Quiet": True}
+            )
+        errors = response.get("Errors") or []
+        if errors:
+            first = errors[0]
+            raise StorageError(
+                f"object store refused to delete {len(errors)} of {len(object_keys)} objects "
+                f"({first.get('Code')} on {first.get('Key')})"
+            )
+
+    def pending_uploads(self) -> Iterator[PendingUpload]:
+        with s3_errors(self._prefix or "(bucket)"):
+            for page in self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=self._prefix
+            ):
+                for upload in page.get("Uploads", []):
+                    yield PendingUpload(
+                        upload["Key"][len(self._prefix) :],
+                        upload["UploadId"],
+                        upload["Initiated"].timestamp(),
+                    )
+
+    def abort_pending(self, upload: PendingUpload) -> None:
+        try:
+            with s3_errors(upload.key):
+                self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=self.object_key(upload.key), UploadId=upload.upload_id
+                )
+        except ObjectNotFound:
+            pass  # completed or aborted meanwhile
 
     # -- uploads -----------------------------------------------------------------------------
 
