@@ -49,6 +49,57 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
     return value
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from `90`, `90s`, `15m`, `1.5h` or `7d`; ValueError otherwise."""
+    value = text.strip().lower()
+    unit = _UNITS.get(value[-1:]) if value else None
+    number = value[:-1] if unit else value
+    seconds = float(number) * (unit or 1)
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ValueError(f"not a duration: {text!r}")
+    return seconds
+
+
+def _duration(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return parse_duration(raw)
+    except ValueError:
+        raise SettingsError(
+            f"{name} must be a duration such as 90, 90s, 15m, 1h or 7d, not {raw!r}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class GcSettings:
+    """Garbage collection (storage/gc.py)."""
+
+    grace: float = 3600.0  # REGISTRY_GC_GRACE: nothing younger is collected
+    upload_ttl: float = 86400.0  # REGISTRY_UPLOAD_TTL: idle upload sessions older are purged
+    interval: float = 0.0  # REGISTRY_GC_INTERVAL: scheduled collection in the server; 0 = off
+    mode: str = "unreferenced"  # REGISTRY_GC_MODE: what the scheduled collection collects
+
+
+def _gc_settings(env: Mapping[str, str]) -> GcSettings:
+    mode = env.get("REGISTRY_GC_MODE", "unreferenced").strip().lower() or "unreferenced"
+    if mode not in ("unreferenced", "untagged"):
+        raise SettingsError(f"REGISTRY_GC_MODE must be 'unreferenced' or 'untagged', not {mode!r}")
+    interval = _duration(env, "REGISTRY_GC_INTERVAL", 0.0)
+    if 0 < interval < 60:
+        raise SettingsError("REGISTRY_GC_INTERVAL must be 0 (off) or at least 60 seconds")
+    return GcSettings(
+        grace=_duration(env, "REGISTRY_GC_GRACE", 3600.0),
+        upload_ttl=_duration(env, "REGISTRY_UPLOAD_TTL", 86400.0),
+        interval=interval,
+        mode=mode,
+    )
+
+
 @dataclass(frozen=True)
 class User:
     name: str
@@ -256,6 +307,7 @@ class Settings:
     # FORWARDED_ALLOW_IPS: peers whose X-Forwarded-For names the client (auth/client_address.py)
     trusted_proxies: TrustedProxies = DEFAULT_TRUSTED_PROXIES
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)  # REGISTRIES_JSON
+    gc: GcSettings = field(default_factory=GcSettings)
 
     @property
     def auth_configured(self) -> bool:
@@ -295,6 +347,7 @@ class Settings:
             failed_logins=_failed_login_settings(env),
             trusted_proxies=_trusted_proxies(env),
             upstream=_upstream_settings(env),
+            gc=_gc_settings(env),
         )
 
 

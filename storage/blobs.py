@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import time
 from dataclasses import dataclass
 
 from errors import BlobUnknown
 from storage import paths
 from storage.digests import Digest
 from storage.driver import ObjectNotFound, ObjectReader, StorageDriver
+from storage.tombstones import BeingCollected, Section, Tombstones
+
+log = logging.getLogger("berth.blobs")
 
 
 @dataclass(frozen=True)
@@ -17,25 +23,64 @@ class BlobInfo:
 
 
 class BlobStore:
-    def __init__(self, driver: StorageDriver) -> None:
+    def __init__(self, driver: StorageDriver, renew_after: float | None = None) -> None:
         self._driver = driver
+        self.tombstones = Tombstones(driver)
+        # A link older than this is renewed when a client asks for the blob: docker HEADs a
+        # layer, skips its upload and PUTs the manifest later, and garbage collection spares
+        # links younger than its grace period (renewing at half of it keeps them so).
+        self._renew_after = renew_after
+
+    def section(self) -> Section:
+        """Start a critical section for a reference about to be created (storage/tombstones.py):
+        before checking that what it will point at exists."""
+        return self.tombstones.section()
 
     def is_linked(self, name: str, digest: Digest, as_manifest: bool = False) -> bool:
         """Whether `name` holds the blob, as a layer or as a manifest (manifests are blobs too:
-        the blob routes serve them like distribution does). `as_manifest` looks for a manifest
-        first, for callers that expect one."""
-        links = (paths.layer_link(name, digest), paths.manifest_link(name, digest))
+        the blob routes serve them like distribution does), and its data is there: a link can
+        outlive its data when a request gave up during a garbage collection. `as_manifest`
+        looks for a manifest first, for callers that expect one."""
+        kinds = (self._has_layer, self.has_manifest)
         if as_manifest:
-            links = links[::-1]
-        return any(self._driver.exists(link) for link in links)
+            kinds = kinds[::-1]
+        return any(has(name, digest) for has in kinds) and self.exists_anywhere(digest)
+
+    def _has_layer(self, name: str, digest: Digest) -> bool:
+        return self._driver.exists(paths.layer_link(name, digest))
+
+    def has_manifest(self, name: str, digest: Digest) -> bool:
+        """A manifest revision that readers may see (not one whose PUT is still checking)."""
+        try:
+            link = json.loads(self._driver.read_bytes(paths.manifest_link(name, digest)))
+        except ObjectNotFound:
+            return False
+        return not link.get("pending")
 
     def stat(self, name: str, digest: Digest) -> BlobInfo:
-        if not self.is_linked(name, digest):
+        if not self._layer_in_use(name, digest) and not self.has_manifest(name, digest):
             raise BlobUnknown(detail={"digest": str(digest)})
         try:
             return BlobInfo(digest, self._driver.size(paths.blob_data(digest)))
         except ObjectNotFound:
             raise BlobUnknown(detail={"digest": str(digest)}) from None
+
+    def _layer_in_use(self, name: str, digest: Digest) -> bool:
+        """Whether `name` links the blob as a layer, renewing an old link first: a client that
+        sees it may rely on it for a manifest it pushes later. A link a collection is deleting
+        is not there for new clients (they upload the blob again)."""
+        section = self.section() if self._renew_after is not None else None
+        try:
+            info = self._driver.stat(paths.layer_link(name, digest))
+        except ObjectNotFound:
+            return False
+        if section is None or time.time() - info.modified < self._renew_after:
+            return True
+        try:
+            self.link(name, digest, section)
+        except BeingCollected:
+            return False
+        return True
 
     def open(self, name: str, digest: Digest, start: int, length: int) -> ObjectReader:
         try:
@@ -49,18 +94,29 @@ class BlobStore:
     def exists_anywhere(self, digest: Digest) -> bool:
         return self._driver.exists(paths.blob_data(digest))
 
-    def link(self, name: str, digest: Digest) -> None:
-        self._driver.write_bytes(paths.layer_link(name, digest), str(digest).encode())
+    def link(self, name: str, digest: Digest, section: Section | None = None) -> None:
+        """Link the blob into `name`. `section`, started before the caller checked that the
+        data exists, confirms the link against a garbage collection that may have overlapped:
+        BeingCollected if the link or the data goes (the link is left: see tombstones.py)."""
+        self._driver.write_bytes(paths.layer_link(name, digest), f"{digest} {time.time():.6f}".encode())
+        if section is not None and section.overlapped() and not self.tombstones.layer_kept(name, digest):
+            log.info("%s@%s is being garbage collected: not linked", name, digest)
+            raise BeingCollected(detail={"digest": str(digest)})
 
     def mount(self, name: str, source: str, digest: Digest) -> bool:
         """Link a blob of `source` into `name` without copying; False if `source` lacks it."""
-        return self._driver.exists(paths.layer_link(source, digest)) and self.mount_any(name, digest)
+        return self._has_layer(source, digest) and self.mount_any(name, digest)
 
     def mount_any(self, name: str, digest: Digest) -> bool:
-        """Link a blob stored for any repository into `name`; False if it is not stored."""
+        """Link a blob stored for any repository into `name`; False if it is not stored, or
+        being garbage collected (the client then uploads it)."""
+        section = self.section()
         if not self.exists_anywhere(digest):
             return False
-        self.link(name, digest)
+        try:
+            self.link(name, digest, section)
+        except BeingCollected:
+            return False
         return True
 
     def unlink(self, name: str, digest: Digest) -> None:

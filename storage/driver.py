@@ -162,6 +162,10 @@ class StorageDriver(ABC):
     def abort_pending(self, upload: PendingUpload) -> None:  # noqa: B027 - none to abort by default
         """Abort one of `pending_uploads()`; already gone is fine."""
 
+    def pending_upload_ids(self, writer_state: dict[str, Any]) -> set[str]:
+        """The multipart uploads an append writer's saved state owns (none by default)."""
+        return set()
+
     @abstractmethod
     def append_writer(
         self, key: str, resume: dict[str, Any] | None = None, target: str | None = None

@@ -5,6 +5,8 @@ entry per referrer. Writes go content first, links last, so nothing ever points 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +15,8 @@ from storage import paths
 from storage.blobs import BlobStore
 from storage.digests import Digest, is_valid_tag, looks_like_digest, validate_tag
 from storage.driver import ObjectNotFound, StorageDriver
-from storage.manifest_format import ParsedManifest, parse_manifest
+from storage.manifest_format import Descriptor, ParsedManifest, parse_manifest
+from storage.tombstones import BeingCollected
 
 
 @dataclass(frozen=True)
@@ -39,11 +42,17 @@ class ManifestStore:
 
     def resolve(self, name: str, reference: str) -> ManifestInfo:
         digest = self._reference_digest(name, reference)
-        try:
-            link = json.loads(self._driver.read_bytes(paths.manifest_link(name, digest)))
-        except ObjectNotFound:
-            raise ManifestUnknown(detail={"reference": reference}) from None
+        link = self._link(name, digest)
+        if link is None or link.get("pending"):
+            # A pending revision's PUT has not answered yet (storage/tombstones.py).
+            raise ManifestUnknown(detail={"reference": reference})
         return ManifestInfo(digest, link["mediaType"], int(link["size"]))
+
+    def _link(self, name: str, digest: Digest) -> dict[str, Any] | None:
+        try:
+            return json.loads(self._driver.read_bytes(paths.manifest_link(name, digest)))
+        except ObjectNotFound:
+            return None
 
     def read(self, info: ManifestInfo) -> bytes:
         try:
@@ -90,34 +99,84 @@ class ManifestStore:
             tags = [validate_tag(reference)] + [validate_tag(t) for t in extra_tags if t != reference]
 
         manifest = parse_manifest(body, content_type)
+        # References are written first and confirmed after, against a garbage collection that
+        # may run meanwhile (storage/tombstones.py); a new revision stays pending, invisible to
+        # readers, until then, so nothing is built on a manifest this PUT may still refuse.
+        section = self._blobs.section()
         if check_references:
             self._check_references(name, manifest)
 
         blob_key = paths.blob_data(digest)
         if not self._driver.exists(blob_key):
             self._driver.write_bytes(blob_key, body)
-        link = {"mediaType": manifest.media_type, "size": len(body)}
-        self._driver.write_bytes(paths.manifest_link(name, digest), json.dumps(link).encode())
+        existing = self._link(name, digest)
+        new = existing is None or bool(existing.get("pending"))
+        if new:
+            self._write_link(name, digest, manifest, len(body), pending=True)
+        previous = {tag: self._tag_value(name, tag) for tag in tags}
+        for tag in tags:
+            self._driver.write_bytes(paths.tag(name, tag), str(digest).encode())
+        if section.overlapped():
+            self._confirm(name, digest, manifest, previous)
+        if new:
+            self._write_link(name, digest, manifest, len(body), pending=False)
         if manifest.subject is not None:
             self._driver.write_bytes(
                 paths.referrer(name, manifest.subject.digest, digest),
                 json.dumps(self._referrer_descriptor(manifest, digest, len(body))).encode(),
             )
-        for tag in tags:
-            self._driver.write_bytes(paths.tag(name, tag), str(digest).encode())
         return PutResult(digest, manifest.subject.digest if manifest.subject else None, tags)
+
+    def _write_link(
+        self, name: str, digest: Digest, manifest: ParsedManifest, size: int, pending: bool
+    ) -> None:
+        link: dict[str, Any] = {"mediaType": manifest.media_type, "size": size, "linked": time.time()}
+        if pending:
+            link["pending"] = True
+        self._driver.write_bytes(paths.manifest_link(name, digest), json.dumps(link).encode())
+
+    def _tag_value(self, name: str, tag: str) -> bytes | None:
+        try:
+            return self._driver.read_bytes(paths.tag(name, tag))
+        except ObjectNotFound:
+            return None
+
+    def _confirm(
+        self, name: str, digest: Digest, manifest: ParsedManifest, previous: dict[str, bytes | None]
+    ) -> None:
+        """A garbage collection ran during this PUT: check that it keeps everything the manifest
+        needs. If not, the tags go back to what they were and the PUT is refused; the pending
+        revision stays invisible (another PUT of the same bytes may still be relying on it) and
+        a later collection removes it."""
+        tombstones = self._blobs.tombstones
+        gone = [str(d.digest) for d in _distinct(manifest.blobs) if not tombstones.layer_kept(name, d.digest)]
+        gone += [
+            str(d.digest)
+            for d in _distinct(manifest.children)
+            if not tombstones.manifest_kept(name, d.digest)
+        ]
+        if not gone and tombstones.manifest_kept(name, digest):
+            return
+        for tag, value in previous.items():
+            if value is None:
+                self._driver.delete(paths.tag(name, tag))
+            else:
+                self._driver.write_bytes(paths.tag(name, tag), value)
+        if gone:
+            raise ManifestBlobUnknown(detail={"digests": gone})
+        raise BeingCollected(detail={"digest": str(digest)})
 
     def _check_references(self, name: str, manifest: ParsedManifest) -> None:
         """Every blob and child the manifest names must be in this repository. Each distinct
         digest is looked up once (an index may repeat a child thousands of times), children as
         manifests first and blobs as layers first, so most cost one storage request."""
         missing = []
-        for digest in dict.fromkeys(d.digest for d in manifest.blobs if not d.external):
-            if not self._blobs.is_linked(name, digest):
-                missing.append(str(digest))
-        for digest in dict.fromkeys(d.digest for d in manifest.children):
-            if not self._blobs.is_linked(name, digest, as_manifest=True):
-                missing.append(str(digest))
+        for desc in _distinct(manifest.blobs):
+            if not self._blobs.is_linked(name, desc.digest):
+                missing.append(str(desc.digest))
+        for desc in _distinct(manifest.children):
+            if not self._blobs.is_linked(name, desc.digest, as_manifest=True):
+                missing.append(str(desc.digest))
         if missing:
             raise ManifestBlobUnknown(detail={"digests": missing})
 
@@ -176,3 +235,9 @@ class ManifestStore:
             if artifact_type is None or desc.get("artifactType") == artifact_type:
                 found.append(desc)
         return found
+
+
+def _distinct(descriptors: Iterable[Descriptor]) -> list[Descriptor]:
+    """One descriptor per digest (an index may repeat a child thousands of times), leaving out
+    non-distributable layers (with `urls`), which the registry need not hold."""
+    return list({d.digest: d for d in descriptors if not d.external}.values())

@@ -2,14 +2,29 @@
 
     blobs/<alg>/<hex[:2]>/<hex>/data            content-addressed bytes, stored once for all
                                                 repositories (layers, configs and manifests)
+    blobs/<alg>/<hex[:2]>/<hex>/doomed          while garbage collection deletes the data
     repositories/<name>/
         _layers/<alg>/<hex>                     link: the blob is part of this repository
-        _manifests/<alg>/<hex>                  link: a manifest revision; JSON {mediaType, size}
+                                                ("<digest> <time linked>")
+        _manifests/<alg>/<hex>                  link: a manifest revision; JSON {mediaType, size,
+                                                linked, pending}: pending while its PUT checks
+                                                that no collection removes what it needs
         _tags/<tag>                             the digest the tag points at
         _referrers/<alg>/<hex>/<alg>.<hex>      a referrer of subject <alg>:<hex>; its descriptor
+        _gc                                     while garbage collection deletes links and
+                                                manifests here: which ones (JSON)
     uploads/<id>/state.json                     an upload's progress (JSON, never pickled)
     uploads/<id>/data                           bytes received so far (local disk)
     uploads/<id>/lock                           held while a request writes the upload
+    gc/state                                    whether a collection runs, and a counter of
+                                                runs (storage/tombstones.py)
+    gc/verdicts/<run>                           the blob data a running collection deletes
+    gc/lock                                     held while a garbage collection runs
+    gc/clock                                    written to read the store's clock
+    gc/last-run                                 when the last scheduled collection ran (JSON)
+
+Links and manifest links carry the time they were (re)written, so every write gives a new
+version: the garbage collector tells a link renewed since its first look (storage/tombstones.py).
 
 Repository path components start with [a-z0-9], so they never collide with the `_` names.
 A blob becomes visible only when its data lands at its final key, after its digest was verified.
@@ -25,6 +40,24 @@ UPLOADS = "uploads"
 
 def blob_data(digest: Digest) -> str:
     return f"blobs/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}/data"
+
+
+def blob_tombstone(digest: Digest) -> str:
+    return f"blobs/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}/doomed"
+
+
+def doom_list(name: str) -> str:
+    return f"{REPOSITORIES}/{name}/_gc"
+
+
+GC_STATE = "gc/state"
+GC_LOCK = "gc/lock"
+GC_CLOCK = "gc/clock"
+GC_LAST_RUN = "gc/last-run"
+
+
+def gc_verdict(run: str) -> str:
+    return f"gc/verdicts/{run}"
 
 
 def repository(name: str) -> str:

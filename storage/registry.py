@@ -13,9 +13,11 @@ from storage.uploads import UploadService
 
 
 class Registry:
-    def __init__(self, driver: StorageDriver) -> None:
+    def __init__(self, driver: StorageDriver, gc_grace: float | None = None) -> None:
+        """`gc_grace`: garbage collection's grace period, if it may run: old links are renewed
+        when clients ask for them, at half of it (storage/blobs.py)."""
         self.driver = driver
-        self.blobs = BlobStore(driver)
+        self.blobs = BlobStore(driver, renew_after=None if gc_grace is None else gc_grace / 2)
         self.uploads = UploadService(driver, self.blobs)
         self.manifests = ManifestStore(driver, self.blobs)
 

@@ -24,6 +24,7 @@ from storage.blobs import BlobInfo, BlobStore
 from storage.digests import Digest
 from storage.driver import AppendWriter, ObjectBusy, ObjectNotFound, StorageDriver, StorageError
 from storage.hashing import ResumableHash
+from storage.tombstones import BeingCollected, Section
 from storage.upload_state import Publishing, UploadState, copy_hash
 
 __all__ = ["LOCK_WAIT", "UploadService", "UploadState", "range_headers", "upload_range"]
@@ -121,6 +122,9 @@ class UploadService:
             if verified:
                 # A mismatch aborts the writer and ends the session: nothing left to abandon.
                 self._verify(state, writer, digest, Digest(digest.algorithm, state.hash.hexdigest()))
+            # From here on this request may create a link: garbage collection must see it, or it
+            # must see the collection (storage/tombstones.py).
+            section = self._blobs.section()
             with _abandon_on_failure(writer):
                 stored = verified and self._blobs.exists_anywhere(digest)
                 if stored:
@@ -135,8 +139,8 @@ class UploadService:
                         state.publishing = Publishing(digest, verified, *before)
                         self._save(state)
             if stored:
-                return self._keep_stored_copy(state, digest, writer)
-            return self._publish(state, digest, writer, verified)
+                return self._keep_stored_copy(state, digest, writer, section)
+            return self._publish(state, digest, writer, verified, section)
 
     def upload_whole(
         self, name: str, owner: str, digest: Digest, body: Iterable[bytes], content_length: int | None
@@ -153,11 +157,13 @@ class UploadService:
             actual = Digest(digest.algorithm, state.hash.hexdigest())
             if actual != digest:
                 raise DigestInvalid(detail={"expected": str(digest), "actual": str(actual)})
+            section = self._blobs.section()
             if self._blobs.exists_anywhere(digest):
                 writer.abort()  # same bytes are already stored: keep one copy
             else:
+                self._refuse_if_doomed(digest, section)
                 writer.commit(final)
-            self._blobs.link(name, digest)
+            self._blobs.link(name, digest, section)
         except BaseException:
             _quietly(writer.abort, "abort a failed monolithic upload")
             raise
@@ -168,13 +174,19 @@ class UploadService:
     # -- finishing ---------------------------------------------------------------------------
 
     def _publish(
-        self, state: UploadState, digest: Digest, writer: AppendWriter | None, verified: bool
+        self,
+        state: UploadState,
+        digest: Digest,
+        writer: AppendWriter | None,
+        verified: bool,
+        section: Section | None = None,
     ) -> BlobInfo:
         """Commit, link and end a session whose bytes are all in (sealed). `writer` is None for
         a retried PUT: whatever an earlier attempt did is found in storage and not redone."""
+        section = section or self._blobs.section()
         if writer is None:
             if verified and self._blobs.exists_anywhere(digest):
-                return self._keep_stored_copy(state, digest, self._open_writer_if_any(state))
+                return self._keep_stored_copy(state, digest, self._open_writer_if_any(state), section)
             if state.publishing is not None and not state.publishing.sealed:
                 # The stored copy it was to share is gone, and our bytes were never sealed.
                 stale = self._open_writer_if_any(state)
@@ -196,16 +208,26 @@ class UploadService:
                 state.publishing.verified = True
                 self._save(state)
             if self._blobs.exists_anywhere(digest):
-                return self._keep_stored_copy(state, digest, writer)
+                return self._keep_stored_copy(state, digest, writer, section)
+        # Data a collection is deleting is not replaced under it (the deletion would take our
+        # copy): the session is kept, sealed, and the client's retry publishes it afterwards.
+        self._refuse_if_doomed(digest, section)
         writer.commit(paths.blob_data(digest))
-        self._blobs.link(state.name, digest)
+        self._blobs.link(state.name, digest, section)
         self._end(state)
         return BlobInfo(digest, state.size)
 
-    def _keep_stored_copy(self, state: UploadState, digest: Digest, writer: AppendWriter | None) -> BlobInfo:
+    def _refuse_if_doomed(self, digest: Digest, section: Section) -> None:
+        if section.collecting and self._blobs.tombstones.blob_doomed(digest):
+            raise BeingCollected(detail={"digest": str(digest)})
+
+    def _keep_stored_copy(
+        self, state: UploadState, digest: Digest, writer: AppendWriter | None, section: Section
+    ) -> BlobInfo:
         """The same bytes are already stored: link them and drop ours. Linking first, so a crash
-        in between leaves a session whose retry does the same."""
-        self._blobs.link(state.name, digest)
+        in between leaves a session whose retry does the same; and a collection deleting the
+        stored copy leaves the session (and our bytes) for the client's retry."""
+        self._blobs.link(state.name, digest, section)
         if writer is not None:
             writer.abort()
         self._end(state)

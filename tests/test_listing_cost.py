@@ -114,8 +114,10 @@ def test_index_with_repeated_children_checks_each_once(counted):
     driver.calls.clear()
     r = api.request("PUT", "/v2/team/app/manifests/multi", body=body, headers={"Content-Type": OCI_INDEX})
     assert r.status_code == 201, r.text
+    # The child (its link and data), the manifest's own data and link, the tag's old value, and
+    # the garbage collection state before and after: a constant, not one per child.
     lookups = driver.calls["size"] + driver.calls["exists"] + driver.calls["read_bytes"]
-    assert lookups <= 5, driver.calls
+    assert lookups <= 8, driver.calls
 
 
 def test_absurd_descriptor_counts_are_refused(api):

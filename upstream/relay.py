@@ -33,6 +33,7 @@ from storage import paths
 from storage.digests import Digest
 from storage.driver import AppendWriter
 from storage.registry import Registry
+from storage.tombstones import BeingCollected
 from upstream.bodies import Deadline
 from upstream.config import UpstreamSettings
 
@@ -156,12 +157,17 @@ class BlobRelay:
             raise UpstreamBlobCorrupt(f"{self._source}: blob {self._digest} failed verification")
 
     def _link(self, received: int) -> None:
+        section = self._registry.blobs.section()  # garbage collection may run meanwhile
         if not self._registry.blobs.exists_anywhere(self._digest):
             # Stored when the relay began and gone since (deleted under it): the client still
             # gets its verified bytes, but there is nothing to link.
             log.warning("pulled blob %s@%s vanished from storage before linking", self._name, self._digest)
             return
-        self._registry.blobs.link(self._name, self._digest)
+        try:
+            self._registry.blobs.link(self._name, self._digest, section)
+        except BeingCollected:
+            log.warning("pulled blob %s@%s is being garbage collected: not kept", self._name, self._digest)
+            return
         log.info("pulled blob %s@%s (%d bytes) from %s", self._name, self._digest, received, self._source)
 
     def _abort(self, reason: str, received: int) -> None:

@@ -324,6 +324,10 @@ class S3Driver(StorageDriver):
                         upload["Initiated"].timestamp(),
                     )
 
+    def pending_upload_ids(self, writer_state: dict[str, Any]) -> set[str]:
+        # The writer's staging upload, and once sealed the copy's (storage/drivers/s3_writer.py).
+        return {str(v) for v in (writer_state.get("mpu"), writer_state.get("copy_mpu")) if v}
+
     def abort_pending(self, upload: PendingUpload) -> None:
         try:
             with s3_errors(upload.key):
