@@ -92,14 +92,20 @@ def image(api: Api, repo: str, tag: str | None, layers: list[bytes], **extra) ->
             "size": len(config),
         },
         "layers": [
-            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": api.push_blob(repo, data), "size": len(data)}
+            {
+                "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                "digest": api.push_blob(repo, data),
+                "size": len(data),
+            }
             for data in layers
         ],
         **extra,
     }
     body = json.dumps(doc).encode()
     digest = sha256(body)
-    r = api.request("PUT", f"/v2/{repo}/manifests/{tag or digest}", body=body, headers={"Content-Type": OCI_MANIFEST})
+    r = api.request(
+        "PUT", f"/v2/{repo}/manifests/{tag or digest}", body=body, headers={"Content-Type": OCI_MANIFEST}
+    )
     assert r.status_code == 201, r.text
     return digest, doc
 
@@ -152,12 +158,18 @@ def test_untagged_follows_indexes_and_referrers(store):
     api, driver = store
     child, _ = image(api, "team/app", None, [os.urandom(100)])
     index = json.dumps(
-        {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [{"mediaType": OCI_MANIFEST, "digest": child, "size": 1}]}
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [{"mediaType": OCI_MANIFEST, "digest": child, "size": 1}],
+        }
     ).encode()
     r = api.request("PUT", "/v2/team/app/manifests/multi", body=index, headers={"Content-Type": OCI_INDEX})
     assert r.status_code == 201
     subject = {"mediaType": OCI_INDEX, "digest": sha256(index), "size": len(index)}
-    signature, _ = image(api, "team/app", None, [os.urandom(10)], subject=subject, artifactType="application/x-sig")
+    signature, _ = image(
+        api, "team/app", None, [os.urandom(10)], subject=subject, artifactType="application/x-sig"
+    )
     lonely, _ = image(api, "team/app", None, [os.urandom(100)])
     doomed_subject, _ = image(api, "team/app", None, [os.urandom(100)])
     subject2 = {"mediaType": OCI_MANIFEST, "digest": doomed_subject, "size": 1}
@@ -191,14 +203,9 @@ def test_idle_uploads_are_purged_and_active_ones_kept(store):
 
 def test_a_second_collection_finds_the_first_running(store):
     _, driver = store
-    with driver.exclusive(paths.GC_LOCK if driver.exists(paths.GC_CLOCK) else _prepared(driver)):
-        with pytest.raises(CollectionRunning):
-            collector(driver).collect()
-
-
-def _prepared(driver) -> str:
-    driver.write_bytes(paths.GC_CLOCK, b"")
-    return paths.GC_LOCK
+    driver.write_bytes(paths.GC_CLOCK, b"")  # the lock's parent, as a collection makes it
+    with driver.exclusive(paths.GC_LOCK), pytest.raises(CollectionRunning):
+        collector(driver).collect()
 
 
 # -- races: a request at each step of the collection -------------------------------------------
@@ -219,7 +226,9 @@ def test_manifest_put_between_announce_and_second_look_keeps_its_layer(store):
     layer = os.urandom(100)
     api.push_blob("team/app", layer)
     results = []
-    driver.hooks.append((_announcing("/team/app/_gc"), lambda: results.append(image(api, "team/app", "v2", [layer]))))
+    driver.hooks.append(
+        (_announcing("/team/app/_gc"), lambda: results.append(image(api, "team/app", "v2", [layer])))
+    )
     report = collector(driver).collect()
     driver.join()
     assert results, "the hook ran"
@@ -236,8 +245,14 @@ def test_manifest_put_after_the_verdict_is_refused_and_never_visible(store):
     doc = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": len(config)},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": 100}],
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest,
+            "size": len(config),
+        },
+        "layers": [
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": 100}
+        ],
     }
     api.request("POST", f"/v2/team/app/blobs/uploads/?mount={config_digest}&from=team/other")
     answers = []
@@ -245,7 +260,9 @@ def test_manifest_put_after_the_verdict_is_refused_and_never_visible(store):
     def put():
         body = json.dumps(doc).encode()
         answers.append(
-            api.request("PUT", "/v2/team/app/manifests/late", body=body, headers={"Content-Type": OCI_MANIFEST})
+            api.request(
+                "PUT", "/v2/team/app/manifests/late", body=body, headers={"Content-Type": OCI_MANIFEST}
+            )
         )
 
     driver.hooks.append((_deciding("/team/app/_gc"), put))
@@ -299,7 +316,9 @@ def test_an_upload_landing_during_the_blob_phase_is_never_lost(store):
         assert r.status_code == 200 and r.content == data, "a 201 upload was lost"
     else:
         assert answers[0].status_code == 503 and answers[0].headers["Retry-After"]
-        assert api.request("POST", f"/v2/team/dst/blobs/uploads/?digest={digest}", body=data).status_code == 201
+        assert (
+            api.request("POST", f"/v2/team/dst/blobs/uploads/?digest={digest}", body=data).status_code == 201
+        )
         assert api.request("GET", f"/v2/team/dst/blobs/{digest}").content == data
 
 
