@@ -15,6 +15,8 @@ from resources.router import RegexRouter
 from settings import Settings, SettingsError
 from storage import driver_from_settings
 from storage.driver import StorageDriver, StorageError, StorageFull
+from storage.gc import GarbageCollector
+from storage.gc_schedule import GcSchedule
 from storage.registry import Registry
 from upstream.pullthrough import PullThrough
 
@@ -39,7 +41,10 @@ def create_app(settings: Settings, driver: StorageDriver | None = None) -> falco
     app.req_options.auto_parse_qs_csv = False
     app.req_options.strip_url_path_trailing_slash = False
     resources.errors.register(app)
-    add_routes(app, registry, settings, PullThrough.from_settings(registry, settings))
+    collector = GarbageCollector(driver, settings.gc.grace, settings.gc.upload_ttl)
+    add_routes(app, registry, settings, PullThrough.from_settings(registry, settings), collector)
+    if settings.gc.interval:
+        GcSchedule(collector, driver, settings.gc.interval, settings.gc.mode).start()
     if token_server is not None:
         add_token_route(app, token_server)
     if not settings.auth_configured:

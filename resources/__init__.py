@@ -7,19 +7,26 @@ import falcon
 from auth.token_server import TokenServer
 from resources.base import ApiVersion
 from resources.blobs import Blob
+from resources.gc import RepositoryGc
 from resources.health import Liveness, Readiness
 from resources.listing import Catalog, Referrers, Tags
 from resources.manifests import Manifest
 from resources.token import Token
 from resources.uploads import Upload, UploadStart
 from settings import Settings
+from storage.gc import GarbageCollector
 from storage.registry import Registry
 from upstream.pullthrough import PullThrough
 
 
 def add_routes(
-    app: falcon.App, registry: Registry, settings: Settings, pull_through: PullThrough | None = None
+    app: falcon.App,
+    registry: Registry,
+    settings: Settings,
+    pull_through: PullThrough | None = None,
+    collector: GarbageCollector | None = None,
 ) -> None:
+    collector = collector or GarbageCollector(registry.driver, settings.gc.grace, settings.gc.upload_ttl)
     # Order matters: the first match wins, and `blobs/uploads` must not be read as a digest.
     app.add_route("/healthz", Liveness())
     app.add_route("/readyz", Readiness(registry.driver))
@@ -36,6 +43,8 @@ def add_routes(
     app.add_route("/v2/{name}/blobs/uploads/{upload_id}", Upload(registry))
     app.add_route("/v2/{name}/blobs/{digest}", Blob(registry, settings.delete_enabled, pull_through))
     app.add_route("/v2/{name}/referrers/{digest}", Referrers(registry))
+    # Last: only a path ending in /gc that no route above took.
+    app.add_route("/v2/{name}/gc", RepositoryGc(collector, settings.delete_enabled))
 
 
 def add_token_route(app: falcon.App, token_server: TokenServer) -> None:

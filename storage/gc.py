@@ -334,8 +334,9 @@ class GarbageCollector:
             blobs = {d: i for d, i in blobs.items() if d in released}
             if not blobs:
                 return
-            # Every repository's links count; this one's as the run left (or, dry, would leave) them.
-            repos = {**scan_repositories(self._driver), report.repository: repos[report.repository]}
+            # Every repository's links count (this one's, dry, as the run would leave them).
+            fresh = scan_repositories(self._driver)
+            repos = {**fresh, report.repository: repos[report.repository]} if report.dry_run else fresh
         elif not report.dry_run:
             repos = scan_repositories(self._driver)  # after the repositories' deletions
         linked = linked_digests(repos.values())

@@ -13,6 +13,7 @@ import pytest
 from falcon import testing
 
 from app import create_app
+from settings import GcSettings
 from storage import paths
 from storage.digests import Digest
 from storage.drivers.filesystem import FilesystemDriver
@@ -356,3 +357,57 @@ def test_a_crashed_collections_announcements_are_cleared(store):
     collector(driver, grace=3600).collect()
     assert not driver.exists(paths.blob_tombstone(Digest.parse(digest)))
     assert not driver.exists(paths.doom_list("team/a"))
+
+
+# -- how it is run: the endpoint and the schedule ------------------------------------------------
+
+
+def test_repository_endpoint_collects_that_repository_only(api):
+    shared = os.urandom(100)
+    digest_a, _ = image(api, "team/a", "v1", [shared, os.urandom(50)])
+    image(api, "team/b", "v1", [shared])
+    other_orphan = api.push_blob("team/c", os.urandom(10))
+    api.request("DELETE", f"/v2/team/a/manifests/{digest_a}")
+    time.sleep(0.01)
+    r = api.request("POST", "/v2/team/a/gc?mode=unreferenced")
+    assert r.status_code == 200, r.text
+    # serverless-registry's answer, plus counts (the default grace of an hour spares it all).
+    assert r.json["success"] is True and r.json["repository"] == "team/a"
+    assert r.json["layer_links"] == 0
+    # With the grace over: team/a's links go, and the data they alone pointed at (data team/b
+    # still links stays; the manifest's own bytes, unlinked by the DELETE before, and team/c's
+    # are a full collection's business).
+    settings = make_settings(api.data_dir, gc=GcSettings(grace=-5))
+    app = Api(testing.TestClient(create_app(settings)), api.data_dir)
+    r = app.request("POST", "/v2/team/a/gc")
+    assert r.status_code == 200 and r.json["layer_links"] == 3 and r.json["blobs"] == 2, r.text
+    assert pulls_whole(app, "team/b", "v1")
+    assert app.request("HEAD", f"/v2/team/c/blobs/{other_orphan}").status_code == 200
+
+
+def test_repository_endpoint_refuses_bad_modes_readers_and_disabled_deletes(tmp_path):
+    from tests.conftest import RO_PASS, RO_USER, basic, build_api
+    from tests.test_auth_and_errors import assert_oci_error
+
+    api = build_api(tmp_path)
+    assert_oci_error(api.request("POST", "/v2/team/a/gc?mode=everything"), 400, "UNSUPPORTED")
+    assert_oci_error(api.request("POST", "/v2/team/a/gc", headers=basic(RO_USER, RO_PASS)), 403, "DENIED")
+    assert_oci_error(api.request("POST", "/v2/team/a/gc", auth=False), 401, "UNAUTHORIZED")
+    no_deletes = build_api(tmp_path / "other", delete_enabled=False)
+    assert_oci_error(no_deletes.request("POST", "/v2/team/a/gc"), 405, "UNSUPPORTED")
+
+
+def test_schedule_runs_once_per_interval_across_processes(tmp_path):
+    from storage.gc_schedule import GcSchedule
+
+    driver = FilesystemDriver(tmp_path / "data")
+    api = Api(testing.TestClient(create_app(make_settings(tmp_path / "data"), driver=driver)), tmp_path)
+    digest = api.push_blob("team/a", os.urandom(10))
+    api.request("DELETE", f"/v2/team/a/blobs/{digest}")
+    first = GcSchedule(collector(driver), driver, interval=3600, mode="unreferenced")
+    second = GcSchedule(
+        collector(FilesystemDriver(tmp_path / "data")), driver, interval=3600, mode="unreferenced"
+    )
+    assert first.run_if_due() is True
+    assert second.run_if_due() is False  # another process ran it a moment ago
+    assert not driver.exists(paths.blob_data(Digest.parse(digest)))
