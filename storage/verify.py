@@ -31,7 +31,9 @@ class VerifyReport:
         return {"blobs": self.blobs, "bytes": self.bytes, "corrupt": self.corrupt, "missing": self.missing}
 
 
-def verify(driver: StorageDriver, repository: str | None = None, progress: Progress | None = None) -> VerifyReport:
+def verify(
+    driver: StorageDriver, repository: str | None = None, progress: Progress | None = None
+) -> VerifyReport:
     progress = progress or Progress()
     report = VerifyReport()
     repos = scan_repositories(driver, repository)
