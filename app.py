@@ -29,7 +29,7 @@ def create_app(settings: Settings, driver: StorageDriver | None = None) -> falco
     except StorageFull as exc:
         # Pulls can still be served; pushes get 507 until space is freed.
         log.warning("starting with storage that cannot take writes: %s", exc)
-    registry = Registry(driver)
+    registry = Registry(driver, settings.allow_sparse_index)
     auth_middleware, token_server = build_auth(settings)
     app = falcon.App(
         router=RegexRouter(fallback=UnknownRoute()),

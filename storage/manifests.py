@@ -1,10 +1,14 @@
 """Manifests, tags and referrers of a repository. Bytes are stored exactly as pushed, as blobs;
 the repository holds a link per revision (with the media type to serve), a file per tag and an
-entry per referrer. Writes go content first, links last, so nothing ever points at nothing."""
+entry per referrer. Writes go content first, links last, so nothing ever points at nothing.
+
+A manifest pushed by a client also marks its repository as pushed here (`_pushed`): pull-through
+never writes upstream content into such a repository (upstream/pullthrough.py)."""
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,9 +35,12 @@ class PutResult:
 
 
 class ManifestStore:
-    def __init__(self, driver: StorageDriver, blobs: BlobStore) -> None:
+    def __init__(self, driver: StorageDriver, blobs: BlobStore, allow_sparse_index: bool = False) -> None:
         self._driver = driver
         self._blobs = blobs
+        # REGISTRY_ALLOW_SPARSE_INDEX: an index may name children that are not here (one
+        # platform of a multi-arch image mirrored); image manifests still need their blobs.
+        self._allow_sparse_index = allow_sparse_index
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -72,10 +79,11 @@ class ManifestStore:
         content_type: str | None,
         extra_tags: list[str],
         *,
-        check_references: bool = True,
+        from_upstream: bool = False,
     ) -> PutResult:
-        """Store a manifest. `check_references=False` is for a copy pulled through from an
-        upstream registry: its blobs are fetched on demand later, so they need not be here yet."""
+        """Store a manifest. `from_upstream=True` is for a copy pulled through from an upstream
+        registry: its blobs are fetched on demand later, so they need not be here yet, and it
+        does not mark the repository as pushed."""
         if looks_like_digest(reference):
             digest = Digest.parse(reference)
             actual = Digest.of(body, digest.algorithm)
@@ -90,8 +98,11 @@ class ManifestStore:
             tags = [validate_tag(reference)] + [validate_tag(t) for t in extra_tags if t != reference]
 
         manifest = parse_manifest(body, content_type)
-        if check_references:
+        if not from_upstream:
             self._check_references(name, manifest)
+            # Before anything is written, so a pull-through that checks for the mark just before
+            # writing sees it (upstream/pullthrough.py).
+            self.mark_pushed(name)
 
         blob_key = paths.blob_data(digest)
         if not self._driver.exists(blob_key):
@@ -115,11 +126,20 @@ class ManifestStore:
         for digest in dict.fromkeys(d.digest for d in manifest.blobs if not d.external):
             if not self._blobs.is_linked(name, digest):
                 missing.append(str(digest))
-        for digest in dict.fromkeys(d.digest for d in manifest.children):
-            if not self._blobs.is_linked(name, digest, as_manifest=True):
-                missing.append(str(digest))
+        if not self._allow_sparse_index:
+            for digest in dict.fromkeys(d.digest for d in manifest.children):
+                if not self._blobs.is_linked(name, digest, as_manifest=True):
+                    missing.append(str(digest))
         if missing:
             raise ManifestBlobUnknown(detail={"digests": missing})
+
+    def mark_pushed(self, name: str) -> None:
+        self._driver.write_bytes(paths.pushed_marker(name), json.dumps({"pushed_at": time.time()}).encode())
+
+    def is_pushed(self, name: str) -> bool:
+        """Whether a client ever pushed a manifest to `name` (since the mark exists: repositories
+        pushed before it are marked by their next push)."""
+        return self._driver.exists(paths.pushed_marker(name))
 
     @staticmethod
     def _referrer_descriptor(manifest: ParsedManifest, digest: Digest, size: int) -> dict[str, Any]:

@@ -7,6 +7,16 @@
         _manifests/<alg>/<hex>                  link: a manifest revision; JSON {mediaType, size}
         _tags/<tag>                             the digest the tag points at
         _referrers/<alg>/<hex>/<alg>.<hex>      a referrer of subject <alg>:<hex>; its descriptor
+        _pushed                                 marker: a client pushed a manifest here, so
+                                                pull-through never writes into this repository;
+                                                JSON {"pushed_at": <unix time of the last push>}
+        _upstream/tags/<tag>/checked            a tag pulled through from an upstream: JSON
+                                                {"checked": <unix time the last upstream check
+                                                began>, "not_before": <unix time; 0 or when an
+                                                upstream's 429 Retry-After ends>}
+        _upstream/tags/<tag>/lock               held while one request checks that tag upstream
+                                                (an empty file on local disk; on S3 a lease
+                                                object that exists only while held)
     uploads/<id>/state.json                     an upload's progress (JSON, never pickled)
     uploads/<id>/data                           bytes received so far (local disk)
     uploads/<id>/lock                           held while a request writes the upload
@@ -57,6 +67,18 @@ def referrers_dir(name: str, subject: Digest) -> str:
 
 def referrer(name: str, subject: Digest, digest: Digest) -> str:
     return f"{referrers_dir(name, subject)}/{digest.algorithm}.{digest.hex}"
+
+
+def pushed_marker(name: str) -> str:
+    return f"{REPOSITORIES}/{name}/_pushed"
+
+
+def upstream_tag_check(name: str, tag_name: str) -> str:
+    return f"{REPOSITORIES}/{name}/_upstream/tags/{tag_name}/checked"
+
+
+def upstream_tag_lock(name: str, tag_name: str) -> str:
+    return f"{REPOSITORIES}/{name}/_upstream/tags/{tag_name}/lock"
 
 
 def upload_state(upload_id: str) -> str:

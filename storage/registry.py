@@ -13,11 +13,11 @@ from storage.uploads import UploadService
 
 
 class Registry:
-    def __init__(self, driver: StorageDriver) -> None:
+    def __init__(self, driver: StorageDriver, allow_sparse_index: bool = False) -> None:
         self.driver = driver
         self.blobs = BlobStore(driver)
         self.uploads = UploadService(driver, self.blobs)
-        self.manifests = ManifestStore(driver, self.blobs)
+        self.manifests = ManifestStore(driver, self.blobs, allow_sparse_index)
 
     def repositories(self, after: str | None = None) -> Iterator[str]:
         """Every repository holding at least one manifest, in sorted order, after `after`.

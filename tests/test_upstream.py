@@ -28,7 +28,7 @@ def test_registries_json_parsed_in_order_with_credentials_from_env():
         ]
     )
     ghcr, hub, local = parse_registries(raw, {"GHCR_TOKEN": "t0ken"})
-    assert (ghcr.base_url, ghcr.prefix, ghcr.username, ghcr.password) == (
+    assert (ghcr.base_url, ghcr.path_prefix, ghcr.username, ghcr.password) == (
         "https://ghcr.io",
         "acme",
         "bot",
@@ -39,7 +39,7 @@ def test_registries_json_parsed_in_order_with_credentials_from_env():
     assert hub.base_url == "https://registry-1.docker.io"
     assert hub.remote_name("alpine") == "library/alpine"
     assert hub.remote_name("grafana/grafana") == "grafana/grafana"
-    assert (local.base_url, local.prefix, local.username) == ("http://127.0.0.1:5001", "", None)
+    assert (local.base_url, local.path_prefix, local.username) == ("http://127.0.0.1:5001", "", None)
     assert local.remote_name("alpine") == "alpine"
 
 
