@@ -8,12 +8,15 @@
         _tags/<tag>                             the digest the tag points at
         _referrers/<alg>/<hex>/<alg>.<hex>      a referrer of subject <alg>:<hex>; its descriptor
         _pushed                                 marker: a client pushed a manifest here, so
-                                                pull-through never writes into this repository;
-                                                JSON {"pushed_at": <unix time of the last push>}
+                                                pull-through from upstreams without a `prefix`
+                                                never writes into this repository; JSON
+                                                {"pushed_at": <unix time of the last push>}
         _upstream/tags/<tag>/checked            a tag pulled through from an upstream: JSON
                                                 {"checked": <unix time the last upstream check
-                                                began>, "not_before": <unix time; 0 or when an
-                                                upstream's 429 Retry-After ends>}
+                                                began>, "digest": <what the tag named after it>,
+                                                "not_before": <unix time; 0 or when an
+                                                upstream's 429 Retry-After ends>}. Not a
+                                                reference: _tags/<tag> is what keeps content.
         _upstream/tags/<tag>/lock               held while one request checks that tag upstream
                                                 (an empty file on local disk; on S3 a lease
                                                 object that exists only while held)

@@ -135,10 +135,12 @@ class UpstreamClient:
                 raise UpstreamAuthError(f"{self.registry.url} wants credentials and none are configured")
             return basic_header(self.registry.username, self.registry.password or "")
         key = self._token_key
-        token = None if renew else self._tokens.get(key, scope)
+        # After a 401 the refused token was invalidated (here and in the shared files), so a
+        # token found now is a newer one another greenlet or worker negotiated meanwhile.
+        token = self._tokens.get(key, scope)
         if token is None:
             with self._tokens.lock(key, scope):
-                token = None if renew else self._tokens.get(key, scope)  # another greenlet's
+                token = self._tokens.get(key, scope)  # another greenlet's or worker's
                 if token is None:
                     token, expires_in = fetch_token(self, challenge, scope)
                     self._tokens.put(key, scope, token, expires_in)

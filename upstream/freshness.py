@@ -9,7 +9,10 @@ against pull limits) whether the tag still names the same digest.
   and the log says so. A 429 also keeps the next check of the tag back until its Retry-After.
 - Gone upstream (404): the stored copy is served and the log says so, once per TTL: a tag
   deleted upstream must not break deployments that run it.
-Manifests and blobs by digest never change, so they are never checked.
+Manifests and blobs by digest never change, so they are never checked. Only tags pulled through
+are: they have a record; a tag pushed here has none, and a pulled tag pushed over (it names
+another digest than its record says), or in a repository pushed to under no prefix, loses its
+record and is never checked again.
 
 One check per stale tag, however many requests want it:
 - in a worker process, the first request checks and the others wait for its answer (up to
@@ -54,6 +57,7 @@ class TagCheck:
     """What storage remembers of a pulled-through tag's last upstream check."""
 
     checked: float  # Unix time the check began
+    digest: str  # what the tag named after it: if the tag names another now, it was pushed here
     not_before: float = 0.0  # Unix time before which no check may be made (a 429's Retry-After)
 
     def due(self, ttl: float, now: float) -> bool:
@@ -69,14 +73,14 @@ class TagRecords:
     def read(self, name: str, tag: str) -> TagCheck | None:
         try:
             doc = json.loads(self._driver.read_bytes(paths.upstream_tag_check(name, tag)))
-            return TagCheck(float(doc["checked"]), float(doc.get("not_before", 0.0)))
+            return TagCheck(float(doc["checked"]), str(doc["digest"]), float(doc.get("not_before", 0.0)))
         except ObjectNotFound:
             return None
         except (ValueError, TypeError, KeyError, AttributeError):
-            return TagCheck(0.0)  # unreadable: due now, and rewritten by the check
+            return TagCheck(0.0, "")  # unreadable: due now, and rewritten by the check
 
     def write(self, name: str, tag: str, check: TagCheck) -> None:
-        doc = {"checked": check.checked, "not_before": check.not_before}
+        doc = {"checked": check.checked, "digest": check.digest, "not_before": check.not_before}
         self._driver.write_bytes(paths.upstream_tag_check(name, tag), json.dumps(doc).encode())
 
     def drop(self, name: str, tag: str) -> None:
@@ -149,21 +153,22 @@ class TagRefresher:
                 check = self.records.read(name, tag)
                 if check is None or check.checked >= arrived or not check.due(self._ttl, self._clock()):
                     return  # checked by another process since this request arrived
-                if self._registry.manifests.is_pushed(name):
+                try:
+                    current = self._registry.manifests.resolve(name, tag).digest
+                except ManifestUnknown:
+                    return  # deleted meanwhile
+                pushed = not routes[0].prefixed and self._registry.manifests.is_pushed(name)
+                if pushed or (check.digest and check.digest != str(current)):
                     self.records.drop(name, tag)  # pushed here since: a local tag now
                     return
-                self._check(name, tag, routes)
+                self._check(name, tag, routes, current)
         except ObjectBusy:
             log.info("tag %s:%s is being checked upstream elsewhere: serving the stored copy", name, tag)
         except ObjectNotFound:
             pass  # the record went away under us (the repository was deleted)
 
-    def _check(self, name: str, tag: str, routes: list[Route]) -> None:
+    def _check(self, name: str, tag: str, routes: list[Route], current: Digest) -> None:
         started = self._clock()
-        try:
-            current = self._registry.manifests.resolve(name, tag).digest
-        except ManifestUnknown:
-            return
         failed, throttled = False, 0.0
         for route in routes:
             try:
@@ -183,11 +188,13 @@ class TagRefresher:
                 continue
             if not present:
                 continue
-            self.records.write(name, tag, TagCheck(started))
+            self.records.write(name, tag, TagCheck(started, str(moved or current)))
             if moved is not None:
                 log.info("tag %s:%s moved upstream at %s: %s -> %s", name, tag, route.source, current, moved)
             return
-        self.records.write(name, tag, TagCheck(started, started + throttled if throttled else 0.0))
+        self.records.write(
+            name, tag, TagCheck(started, str(current), started + throttled if throttled else 0.0)
+        )
         if throttled:
             log.warning(
                 "upstream asked to wait %.0f s (429) before checking tag %s:%s: serving the stored copy %s",
@@ -214,7 +221,7 @@ class TagRefresher:
         actual = digest or Digest.of(body)
         if actual == current:
             return None
-        if self._registry.manifests.is_pushed(name):
+        if not route.prefixed and self._registry.manifests.is_pushed(name):
             return None  # pushed here meanwhile: local content wins
         try:
             self._registry.manifests.put(name, str(actual), body, content_type, [tag], from_upstream=True)

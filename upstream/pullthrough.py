@@ -123,9 +123,12 @@ class PullThrough:
         return cls(registry, clients, upstream, settings.manifest_max_bytes)
 
     def _routes_for(self, name: str) -> list[Route]:
-        """The upstreams that may fill `name`: none for a repository pushed here."""
+        """The upstreams that may fill `name`. A prefixed namespace belongs to its upstreams
+        (pushes there, such as an index copied alone, do not change that); a name under no
+        prefix is filled only while no client has pushed a manifest to it (no dependency
+        confusion: a pull never mixes upstream content into a repository pushed here)."""
         routes = self._routes.for_name(name)
-        if routes and self._registry.manifests.is_pushed(name):
+        if routes and not routes[0].prefixed and self._registry.manifests.is_pushed(name):
             return []
         return routes
 
@@ -168,7 +171,7 @@ class PullThrough:
             if fetched is None:
                 continue
             body, content_type = fetched
-            if self._registry.manifests.is_pushed(name):
+            if not route.prefixed and self._registry.manifests.is_pushed(name):
                 raise ManifestUnknown(detail={"reference": reference})  # pushed here meanwhile
             try:
                 result = self._registry.manifests.put(
@@ -178,7 +181,7 @@ class PullThrough:
                 misses.note(f"manifest {name}:{reference} at {route.source} not stored", exc)
                 continue
             if wanted is None:
-                self._refresher.records.write(name, reference, TagCheck(started))
+                self._refresher.records.write(name, reference, TagCheck(started, str(result.digest)))
             log.info("pulled manifest %s:%s (%s) from %s", name, reference, result.digest, route.source)
             return self._registry.manifests.resolve(name, str(result.digest)), body
         raise misses.error(ManifestUnknown(detail={"reference": reference}))

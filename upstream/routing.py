@@ -7,6 +7,10 @@
 - A name under no prefix goes to the entries without one, in order (serverless-registry's
   behaviour, so its configurations work unchanged). With only prefixed entries, such names are
   never looked up upstream.
+
+Which repositories may be filled is decided by the caller (pullthrough.py): a prefixed
+namespace always (it is the upstream's), a name under no prefix only while no client has pushed
+a manifest to it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,11 @@ if TYPE_CHECKING:
 class Route:
     client: UpstreamClient
     name: str  # the name the upstream entry sees: the local name without the entry's prefix
+
+    @property
+    def prefixed(self) -> bool:
+        """Whether the name is in a namespace that belongs to upstreams (an entry's `prefix`)."""
+        return bool(self.client.registry.namespace)
 
     @property
     def source(self) -> str:
