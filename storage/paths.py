@@ -13,7 +13,7 @@
                                                 {"pushed_at": <unix time of the last push>}
         _upstream/tags/<tag>/checked            a tag pulled through from an upstream: JSON
                                                 {"checked": <unix time the last upstream check
-                                                began>, "digest": <what the tag named after it>,
+                                                ended>, "digest": <what the tag named after it>,
                                                 "not_before": <unix time; 0 or when an
                                                 upstream's 429 Retry-After ends>}. Not a
                                                 reference: _tags/<tag> is what keeps content.

@@ -19,8 +19,8 @@ One check per stale tag, however many requests want it:
   CHECK_WAIT, then they serve the stored copy);
 - across processes and instances, that first request takes the tag's lock in storage
   (`driver.exclusive`: an flock on local disk, a lease on S3) and reads the tag's record again
-  once it holds it: a check that began after the request arrived answers it too.
-When a check ends, its start time is recorded in storage (`_upstream/tags/<tag>/checked`,
+  once it holds it: a check that ended after the request arrived answers it too.
+When a check ends, its time is recorded in storage (`_upstream/tags/<tag>/checked`,
 storage/paths.py), so every instance sharing the storage agrees on when the tag is next due.
 """
 
@@ -56,7 +56,7 @@ CHECK_WAIT = 10.0
 class TagCheck:
     """What storage remembers of a pulled-through tag's last upstream check."""
 
-    checked: float  # Unix time the check began
+    checked: float  # Unix time the last check's answer came (or the tag was pulled)
     digest: str  # what the tag named after it: if the tag names another now, it was pushed here
     not_before: float = 0.0  # Unix time before which no check may be made (a 429's Retry-After)
 
@@ -127,13 +127,20 @@ class TagRefresher:
         self.records = TagRecords(registry.driver)
         self._flights = Flights()
 
-    def fresh(self, name: str, tag: str, info: ManifestInfo, routes: list[Route]) -> ManifestInfo:
-        """The manifest `tag` names now: `info` (what storage has) unless the tag came from an
-        upstream, is due for a check, and the check found it moved."""
-        check = self.records.read(name, tag)
-        if check is None or not check.due(self._ttl, self._clock()):
-            return info  # pushed here, pulled before records existed, or checked recently
+    def due(self, name: str, tag: str) -> float | None:
+        """When a tag is due for its upstream check: the time this request started looking (read
+        it before the tag itself: a check writes the tag, then its record, so a request that
+        finds the record fresh finds the tag as that check left it). None if not due: pushed
+        here, pulled before records existed, or checked recently."""
         arrived = self._clock()
+        check = self.records.read(name, tag)
+        return arrived if check is not None and check.due(self._ttl, arrived) else None
+
+    def refresh(
+        self, name: str, tag: str, info: ManifestInfo, routes: list[Route], arrived: float
+    ) -> ManifestInfo:
+        """The manifest `tag` names once a check (this request's, or one that ended after it
+        arrived) has answered; `info` is what storage had."""
         leader = self._flights.join((name, tag))
         if leader is not None:
             leader.wait(CHECK_WAIT)
@@ -168,7 +175,6 @@ class TagRefresher:
             pass  # the record went away under us (the repository was deleted)
 
     def _check(self, name: str, tag: str, routes: list[Route], current: Digest) -> None:
-        started = self._clock()
         failed, throttled = False, 0.0
         for route in routes:
             try:
@@ -188,13 +194,12 @@ class TagRefresher:
                 continue
             if not present:
                 continue
-            self.records.write(name, tag, TagCheck(started, str(moved or current)))
+            self.records.write(name, tag, TagCheck(self._clock(), str(moved or current)))
             if moved is not None:
                 log.info("tag %s:%s moved upstream at %s: %s -> %s", name, tag, route.source, current, moved)
             return
-        self.records.write(
-            name, tag, TagCheck(started, str(current), started + throttled if throttled else 0.0)
-        )
+        now = self._clock()
+        self.records.write(name, tag, TagCheck(now, str(current), now + throttled if throttled else 0.0))
         if throttled:
             log.warning(
                 "upstream asked to wait %.0f s (429) before checking tag %s:%s: serving the stored copy %s",

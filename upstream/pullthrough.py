@@ -137,6 +137,10 @@ class PullThrough:
     def resolve(self, name: str, reference: str) -> tuple[ManifestInfo, bytes | None]:
         """The manifest `reference` names: stored (a tag due for its upstream check is checked
         first), or pulled through. Returns its body too when it had to be fetched."""
+        routes = self._routes.for_name(name)
+        due = None
+        if routes and is_valid_tag(reference):
+            due = self._refresher.due(name, reference)
         try:
             info = self._registry.manifests.resolve(name, reference)
         except ManifestUnknown:
@@ -144,10 +148,8 @@ class PullThrough:
             if not routes:
                 raise
             return self._pull_manifest(name, reference, routes)
-        if not looks_like_digest(reference):
-            routes = self._routes.for_name(name)
-            if routes:
-                info = self._refresher.fresh(name, reference, info, routes)
+        if due is not None:
+            info = self._refresher.refresh(name, reference, info, routes, due)
         return info, None
 
     def _pull_manifest(self, name: str, reference: str, routes: list[Route]) -> tuple[ManifestInfo, bytes]:
@@ -160,7 +162,6 @@ class PullThrough:
         else:
             raise ManifestUnknown(detail={"tag": reference})
         misses = _Misses()
-        started = time.time()
         for route in routes:
             try:
                 with self._slots.held():
@@ -181,7 +182,7 @@ class PullThrough:
                 misses.note(f"manifest {name}:{reference} at {route.source} not stored", exc)
                 continue
             if wanted is None:
-                self._refresher.records.write(name, reference, TagCheck(started, str(result.digest)))
+                self._refresher.records.write(name, reference, TagCheck(time.time(), str(result.digest)))
             log.info("pulled manifest %s:%s (%s) from %s", name, reference, result.digest, route.source)
             return self._registry.manifests.resolve(name, str(result.digest)), body
         raise misses.error(ManifestUnknown(detail={"reference": reference}))
