@@ -13,6 +13,7 @@ a thread of the test process (so tests can count and inspect what reached it):
   and GET with Basic), and it forwards authorised reads to the registry behind it. Blob GETs are
   redirected to a second port ("storage"), which must never see an Authorization header;
 - `Redirector` sends every content request to another origin;
+- `SwitchProxy` stands in front of a real registry and answers 429, or slows HEADs, on cue;
 - `registry(routes)` is an anonymous upstream answering from a route table, and `endless()` /
   `trickle()` make bodies that never end or arrive a byte at a time (each capped, so that code
   without bounds fails a test instead of hanging it).
@@ -33,7 +34,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import requests
 from falcon import testing
@@ -408,3 +409,45 @@ def registry(routes: dict[str, object]) -> HttpServer:
         return found() if callable(found) else found
 
     return HttpServer(handle)
+
+
+class SwitchProxy(HttpServer):
+    """A reverse proxy in front of a real registry (`target`), for the tests that need it to
+    misbehave on cue: `mode = "429"` answers every request 429 with `retry_after`, and
+    `head_delay` slows manifest HEADs down. The client's Host header is passed on, so a token
+    realm the registry builds from it points back through the proxy. Every request it saw is in
+    `requests`; bodies are read whole (the tests' images are small)."""
+
+    _HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "accept-encoding"})
+    _KEEP = (
+        "Content-Type",
+        "Content-Length",
+        "Docker-Content-Digest",
+        "Docker-Distribution-API-Version",
+        "WWW-Authenticate",
+        "Location",
+        "Retry-After",
+    )
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.mode = "pass"
+        self.retry_after = 60
+        self.head_delay = 0.0
+        super().__init__(self._handle)
+
+    def count(self, method: str, fragment: str) -> int:
+        return sum(1 for m, p, _ in list(self.requests) if m == method and fragment in p)
+
+    def _handle(self, method, path, query, headers, body):
+        if self.mode == "429" and path != "/v2/":
+            return _json(
+                429, {"errors": [{"code": "TOOMANYREQUESTS"}]}, {"Retry-After": str(self.retry_after)}
+            )
+        if method == "HEAD" and "/manifests/" in path and self.head_delay:
+            time.sleep(self.head_delay)
+        query_string = urlencode(query, doseq=True)
+        url = f"{self.target}{path}" + (f"?{query_string}" if query_string else "")
+        sent = {k: v for k, v in headers.items() if k not in self._HOP}
+        r = requests.request(method, url, headers=sent, data=body or None, allow_redirects=False, timeout=30)
+        return r.status_code, {k: r.headers[k] for k in self._KEEP if k in r.headers}, r.content
