@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from errors import DigestInvalid, ManifestInvalid, ManifestUnknown
 from storage import paths
 from storage.digests import Digest
-from storage.driver import ObjectBusy, ObjectNotFound, StorageDriver
+from storage.driver import ObjectBusy, ObjectNotFound, StorageDriver, StorageError
 from storage.manifests import ManifestInfo
 from storage.registry import Registry
 from upstream.client import UpstreamThrottled, UpstreamUnavailable
@@ -147,6 +147,11 @@ class TagRefresher:
         else:
             try:
                 self._lead(name, tag, routes, arrived)
+            except StorageError as exc:  # the lock or the record could not be written: the
+                # check is what failed, not the stored copy
+                log.warning(
+                    "tag %s:%s not checked upstream (storage: %s): serving the stored copy", name, tag, exc
+                )
             finally:
                 self._flights.done((name, tag))
         try:
