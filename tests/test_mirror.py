@@ -19,6 +19,8 @@ from falcon import testing
 from app import create_app
 from settings import S3Settings
 from storage import driver_from_settings, paths
+from storage.driver import StorageError
+from storage.filesystem import FilesystemDriver
 from tests.conftest import OCI_MANIFEST, RO_PASS, RO_USER, Api, basic, make_settings
 from tests.upstream_fakes import StaticRegistry
 from upstream.config import UpstreamSettings, parse_registries
@@ -324,3 +326,22 @@ def test_upstream_requests_are_capped_per_process(tmp_path, upstream):
     # The slots were given back: the refused blobs come through now.
     for digest in blobs:
         assert api.request("GET", f"/v2/{REPO}/blobs/{digest}").status_code == 200
+
+
+def test_a_storage_failure_while_checking_serves_the_stored_copy(tmp_path, upstream, caplog):
+    class NoLocks(FilesystemDriver):
+        def exclusive(self, key, wait=0.0):
+            raise StorageError("the lock cannot be written")
+
+    settings = _settings(tmp_path, [{"registry": upstream.url}])
+    api = Api(testing.TestClient(create_app(settings, NoLocks(settings.data_dir))), settings.data_dir)
+    first, body = upstream.add_image(REPO, "v1")
+    assert _get(api, "v1").content == body
+    upstream.add_image(REPO, "v1")
+    time.sleep(TTL + 0.2)
+    with caplog.at_level(logging.WARNING, logger="berth.upstream"):
+        r = _get(api, "v1")
+    assert (r.status_code, r.headers["Docker-Content-Digest"]) == (200, first)
+    assert (
+        "not checked upstream (storage: the lock cannot be written): serving the stored copy" in caplog.text
+    )
