@@ -8,7 +8,7 @@ gevent workers:
   the upstream stopped the stored copy is served;
 - a real dockerd with `registry-mirrors` pointing at Berth pulls `alpine` (a `library/` image a
   local distribution holds) through it, and again with that distribution stopped;
-- a cold instance of 8 workers asks the token realm once.
+- a cold instance of 4 workers asks the token realm once.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import shutil
 import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -77,44 +78,57 @@ def access_pids(server: BerthServer, pattern: str) -> set[str]:
 # -- tags stay fresh -------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["distribution", "token"])
-def mirrored(request, berth_only, tmp_path_factory):
-    """(upstream server, the proxy in front of it, a front Berth pulling `up/...` through it)."""
+@dataclass
+class Mirrored:
+    """A real upstream, the proxy in front of it, and the prefix the front gives it."""
+
+    upstream: DistributionServer | BerthServer
+    proxy: SwitchProxy
+    prefix: str
+
+
+@pytest.fixture
+def mirrored(berth_only, tmp_path_factory):
+    """CNCF distribution (htpasswd) under `dist/` and a token-flow Berth under `tok/`, each behind
+    its proxy, and a front Berth (2 workers) pulling both through."""
     started = []
     try:
-        if request.param == "distribution":
-            upstream = DistributionServer(tmp_path_factory.mktemp("up-dist"), auth=True).start()
-        else:
-            signing, _ = keypair("EC")
-            upstream = BerthServer(
-                tmp_path_factory.mktemp("up-token"),
-                workers=1,
-                extra_env={"REGISTRY_TOKEN_PRIVATE_KEY": b64(signing)},
-            ).start()
-            assert (
-                requests.get(f"{upstream.url}/v2/", timeout=10)
-                .headers["WWW-Authenticate"]
-                .startswith("Bearer ")
-            )
-        started.append(upstream)
-        proxy = SwitchProxy(upstream.url)
-        started.append(proxy)
+        dist = DistributionServer(tmp_path_factory.mktemp("up-dist"), auth=True).start()
+        started.append(dist)
+        signing, _ = keypair("EC")
+        tok = BerthServer(
+            tmp_path_factory.mktemp("up-token"),
+            workers=1,
+            extra_env={"REGISTRY_TOKEN_PRIVATE_KEY": b64(signing)},
+        ).start()
+        started.append(tok)
+        assert requests.get(f"{tok.url}/v2/", timeout=10).headers["WWW-Authenticate"].startswith("Bearer ")
+        sides = [Mirrored(dist, SwitchProxy(dist.url), "dist"), Mirrored(tok, SwitchProxy(tok.url), "tok")]
+        started += [side.proxy for side in sides]
+        entries = [
+            # htpasswd has no read-only users; the token-flow Berth gets its pull-only user.
+            {
+                "registry": sides[0].proxy.url,
+                "username": RW.username,
+                "password_env": "DIST_PW",
+                "prefix": "dist",
+            },
+            {
+                "registry": sides[1].proxy.url,
+                "username": RO.username,
+                "password_env": "TOK_PW",
+                "prefix": "tok",
+            },
+        ]
         workdir = tmp_path_factory.mktemp("front")
-        entry = {
-            "registry": proxy.url,
-            "username": RO.username,
-            "password_env": "UP_PASSWORD",
-            "prefix": "up",
-        }
-        if request.param == "distribution":
-            entry["username"] = RW.username  # htpasswd has no read-only users
         front = BerthServer(
             workdir,
             workers=2,
             access_log=True,
             extra_env={
-                "REGISTRIES_JSON": json.dumps([entry]),
-                "UP_PASSWORD": RW.password if request.param == "distribution" else RO.password,
+                "REGISTRIES_JSON": json.dumps(entries),
+                "DIST_PW": RW.password,
+                "TOK_PW": RO.password,
                 "REGISTRY_UPSTREAM_TAG_TTL": str(TTL),
                 "REGISTRY_UPSTREAM_TOKEN_DIR": str(workdir / "tokens"),
                 "REGISTRY_UPSTREAM_CONNECT_TIMEOUT": "2",
@@ -122,74 +136,85 @@ def mirrored(request, berth_only, tmp_path_factory):
             },
         ).start()
         started.append(front)
-        yield upstream, proxy, front
+        yield sides, front
     finally:
         for server in reversed(started):
             server.stop()
 
 
-def test_tags_stay_fresh_with_a_real_upstream(mirrored):
-    upstream, proxy, front = mirrored
+def test_tags_stay_fresh_with_real_upstreams(mirrored):
+    """Each step runs against both upstreams, so they share the waits for the TTL."""
+    sides, front = mirrored
     session = front.session(front.ro)
     repo = "fresh/app"
 
-    def digest_of_v1() -> str:
-        r = session.get(f"{front.url}/v2/up/{repo}/manifests/v1", headers={"Accept": ACCEPT}, timeout=30)
+    def digest_of_v1(side: Mirrored) -> str:
+        url = f"{front.url}/v2/{side.prefix}/{repo}/manifests/v1"
+        r = session.get(url, headers={"Accept": ACCEPT}, timeout=30)
         assert r.status_code == 200, r.text
         return r.headers["Docker-Content-Digest"]
 
-    def heads() -> int:
-        return proxy.count("HEAD", f"/v2/{repo}/manifests/v1")
+    def heads(side: Mirrored) -> int:
+        return side.proxy.count("HEAD", f"/v2/{repo}/manifests/v1")
 
-    a, b, c, d = (images.make_image(LAYER, n_layers=1) for _ in range(4))
-    push(upstream.url, RW, repo, "v1", a)
-    assert digest_of_v1() == a.digest
+    a, b, c, d = ({s.prefix: images.make_image(LAYER, n_layers=1) for s in sides} for _ in range(4))
+    for side in sides:
+        push(side.upstream.url, RW, repo, "v1", a[side.prefix])
+        assert digest_of_v1(side) == a[side.prefix].digest
 
     # Moved upstream: not seen before the TTL, seen after it.
-    push(upstream.url, RW, repo, "v1", b)
-    assert digest_of_v1() == a.digest
-    assert heads() == 0
+    for side in sides:
+        push(side.upstream.url, RW, repo, "v1", b[side.prefix])
+        assert digest_of_v1(side) == a[side.prefix].digest
+        assert heads(side) == 0
     time.sleep(TTL + 0.3)
-    assert digest_of_v1() == b.digest
-    assert heads() == 1
-    assert (
-        session.get(f"{front.url}/v2/up/{repo}/blobs/{b.layers[0].digest}", timeout=30).content
-        == b.layers[0].data
-    )
+    for side in sides:
+        assert digest_of_v1(side) == b[side.prefix].digest
+        assert heads(side) == 1
+        layer = b[side.prefix].layers[0]
+        url = f"{front.url}/v2/{side.prefix}/{repo}/blobs/{layer.digest}"
+        assert session.get(url, timeout=30).content == layer.data
 
-    # 50 concurrent requests for the stale tag, over both workers: one HEAD upstream.
-    push(upstream.url, RW, repo, "v1", c)
+    # 50 concurrent requests for a stale tag, over both workers: one HEAD upstream.
+    for side in sides:
+        push(side.upstream.url, RW, repo, "v1", c[side.prefix])
+        side.proxy.head_delay = 0.5
     time.sleep(TTL + 0.3)
-    proxy.head_delay = 0.5
     marker = len(Path(front.access_log_path).read_text().splitlines())
-    with ThreadPoolExecutor(50) as pool:
-        answers = list(pool.map(lambda _: digest_of_v1(), range(50)))
-    proxy.head_delay = 0.0
-    assert answers == [c.digest] * 50
-    assert heads() == 2
+    with ThreadPoolExecutor(100) as pool:
+        answers = list(pool.map(lambda i: (i % 2, digest_of_v1(sides[i % 2])), range(100)))
     burst = Path(front.access_log_path).read_text().splitlines()[marker:]
     assert len({line.split(" ", 1)[0] for line in burst}) == 2, "both workers served the burst"
+    for n, side in enumerate(sides):
+        side.proxy.head_delay = 0.0
+        assert [digest for i, digest in answers if i == n] == [c[side.prefix].digest] * 50
+        assert heads(side) == 2
 
     # 429: the stored copy is served, and the next check waits for Retry-After.
-    proxy.mode, proxy.retry_after = "429", 3
+    for side in sides:
+        side.proxy.mode, side.proxy.retry_after = "429", 3
     time.sleep(TTL + 0.3)
     limited_at = time.monotonic()
-    assert digest_of_v1() == c.digest
-    assert heads() == 3
-    proxy.mode = "pass"
-    push(upstream.url, RW, repo, "v1", d)
+    for side in sides:
+        assert digest_of_v1(side) == c[side.prefix].digest
+        assert heads(side) == 3
+        side.proxy.mode = "pass"
+        push(side.upstream.url, RW, repo, "v1", d[side.prefix])
     time.sleep(TTL + 0.3)
-    assert [digest_of_v1() for _ in range(6)] == [c.digest] * 6  # both workers, most likely
-    assert heads() == 3
+    for side in sides:
+        assert [digest_of_v1(side) for _ in range(6)] == [c[side.prefix].digest] * 6  # both workers
+        assert heads(side) == 3
 
-    # The upstream stopped: once the check is due, the stored copy is served (and logged).
-    upstream.stop()
+    # The upstreams stopped: once the check is due, the stored copy is served (and logged).
+    for side in sides:
+        side.upstream.stop()
     time.sleep(max(0.0, limited_at + 3.3 - time.monotonic()))
-    assert [digest_of_v1() for _ in range(4)] == [c.digest] * 4
-    assert heads() == 4  # the proxy is up, the registry behind it is not: one check
+    for side in sides:
+        assert [digest_of_v1(side) for _ in range(4)] == [c[side.prefix].digest] * 4
+        assert heads(side) == 4  # the proxy is up, the registry behind it is not: one check
     logs = front.logs()
-    assert logs.count("could not be checked upstream: serving the stored copy") == 1
-    assert "asked to wait 3 s (429)" in logs
+    assert logs.count("could not be checked upstream: serving the stored copy") == 2
+    assert logs.count("asked to wait 3 s (429)") == 2
     assert RW.password not in logs and RO.password not in logs
 
 
@@ -251,7 +276,9 @@ def test_docker_pulls_docker_hub_names_through_berth_as_its_registry_mirror(bert
 # -- one token for every worker -----------------------------------------------------------------
 
 
-def test_a_cold_instance_of_eight_workers_asks_for_one_token(berth_only, tmp_path_factory):
+def test_a_cold_instance_of_four_workers_asks_for_one_token(berth_only, tmp_path_factory):
+    """Real gunicorn workers sharing the token directory (tests/test_upstream_tokens.py does 8
+    workers' token caches in one process)."""
     signing, _ = keypair("EC")
     started = []
     try:
@@ -267,7 +294,7 @@ def test_a_cold_instance_of_eight_workers_asks_for_one_token(berth_only, tmp_pat
         workdir = tmp_path_factory.mktemp("front-8")
         front = BerthServer(
             workdir,
-            workers=8,
+            workers=4,
             access_log=True,
             extra_env={
                 "REGISTRIES_JSON": json.dumps(
