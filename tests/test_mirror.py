@@ -147,7 +147,9 @@ def test_one_upstream_check_for_50_concurrent_requests(tmp_path, upstream, stora
     workers = [_api(settings), _api(settings)]  # two processes' worth of apps, one storage
     assert _get(workers[0], "v1").status_code == 200
     moved, moved_body = upstream.add_image(REPO, "v1")
-    upstream.head_delay = 0.5  # so the requests overlap the check
+    # The check lasts 1.5 s, so every request arrives while it runs or within the TTL after it
+    # (a request arriving later would rightly start a check of its own), even on a slow machine.
+    upstream.head_delay = 1.5
     time.sleep(TTL + 0.2)
 
     def pull(i: int):
@@ -313,16 +315,18 @@ def test_upstream_requests_are_capped_per_process(tmp_path, upstream):
     def pull(digest: str):
         started = time.monotonic()
         r = api.request("GET", f"/v2/{REPO}/blobs/{digest}")
-        return r.status_code, time.monotonic() - started
+        return r.status_code, time.monotonic() - started, time.monotonic()
 
     with ThreadPoolExecutor(5) as pool:
         running = [pool.submit(pull, d) for d in blobs]
-        time.sleep(1.8)  # past the 1 s a request waits for a slot
+        time.sleep(2.5)  # well past the 1 s a request waits for a slot
+        released = time.monotonic()
         upstream.hold_blobs.set()
         results = [f.result() for f in running]
     assert upstream.max_in_flight == 2
-    assert sorted(status for status, _ in results) == [200, 200, 503, 503, 503]
-    assert all(took < 1.6 for status, took in results if status == 503)
+    assert sorted(status for status, _, _ in results) == [200, 200, 503, 503, 503]
+    # Refused after waiting for a slot, while the two relays still held theirs.
+    assert all(took > 0.9 and ended < released for status, took, ended in results if status == 503)
     # The slots were given back: the refused blobs come through now.
     for digest in blobs:
         assert api.request("GET", f"/v2/{REPO}/blobs/{digest}").status_code == 200

@@ -22,7 +22,7 @@ from upstream.tokens import TokenCache
 
 PASSWORD = "pull-s3cret-d0-not-write"
 USERS = {"puller": PASSWORD}
-SETTINGS = UpstreamSettings(connect_timeout=2, read_timeout=5)
+SETTINGS = UpstreamSettings(connect_timeout=5, read_timeout=10)
 
 
 @pytest.fixture

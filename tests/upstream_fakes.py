@@ -76,6 +76,12 @@ def nothing_stored(driver, name: str, digest: str) -> bool:
     )
 
 
+class _Server(ThreadingHTTPServer):
+    # Tests open dozens of connections at once: the default listen backlog of 5 drops some,
+    # and a dropped SYN is retried only after a second (a connect timeout on a busy machine).
+    request_queue_size = 256
+
+
 class HttpServer:
     """A threaded HTTP/1.1 server on 127.0.0.1 calling `handler(method, path, query, headers,
     body)`; every request is recorded in `requests` as (method, path, headers), and the body
@@ -143,7 +149,7 @@ class HttpServer:
             def log_message(self, *args) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _H)
+        self.server = _Server(("127.0.0.1", 0), _H)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
