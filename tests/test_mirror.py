@@ -15,12 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from falcon import testing
-from storage.drivers.filesystem import FilesystemDriver
 
 from app import create_app
 from settings import S3Settings
 from storage import driver_from_settings, paths
 from storage.driver import StorageError
+from storage.drivers.filesystem import FilesystemDriver
 from tests.conftest import OCI_MANIFEST, RO_PASS, RO_USER, Api, basic, make_settings
 from tests.upstream_fakes import StaticRegistry
 from upstream.config import UpstreamSettings, parse_registries
