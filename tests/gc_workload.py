@@ -1,0 +1,670 @@
+"""Garbage collection under load (issue #11): a workload of registry clients and collectors
+running at once on one storage, and a checker of the outcome that shares no code with the
+collector.
+
+Clients push images built from a shared pool of layers, docker-style (HEAD the layer in the
+target repository: 200 skips it; else mount it from another repository known to hold it: 201
+is done, 202 falls back to an upload, monolithic or in chunks), some wait before their
+manifest PUT (up to twice the grace period), push indexes over their images (children by
+digest first, HEAD-then-skip too), push the same manifest again under new tags, pull images
+back and verify every byte, and delete tags (and sometimes whole manifests, by digest).
+Meanwhile collections run back to back in this process against the same storage, mostly
+`unreferenced`, one in four `untagged`, and a second collector contends for the lease, by
+itself or through `POST /v2/<name>/gc` on the servers.
+
+Afterwards (`Workload.finish`): one more collection past the grace, then every manifest that
+got a 201 and still has a tag no client deleted pulls completely, each blob verified against
+its digest (a loss otherwise), and an independent walk of the storage (`audit`: plain os.walk
+or boto3 listings, our own parsing) counts what nothing references: blob data no repository
+links, layer links no manifest of their repository references, pending manifests, upload
+sessions, multipart uploads, leftovers of the collector's announcements.
+
+Used by tests/e2e/test_gc_stress.py and bench/gc_stress.py."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import requests
+
+from storage.gc import CollectionRunning, GarbageCollector
+from tests.gc_audit import StorageView, audit
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
+LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar"
+ACCEPT = f"{OCI_MANIFEST}, {OCI_INDEX}"
+PUSH_ATTEMPTS = 6  # manifest PUTs per push before the client gives up (counted)
+RETRY_503_FOR = 60.0  # how long a request is retried on 503 before it counts as an error
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class WorkloadError(Exception):
+    """An answer the workload did not expect: counted as an error, the operation abandoned."""
+
+
+@dataclass
+class Config:
+    clients: int = 8
+    images: int = 200  # new images pushed (re-pushes and indexes come on top)
+    seconds: float = 0.0  # and keep pushing until this long has passed
+    repositories: int = 4
+    pool: int = 40  # shared layers
+    grace: float = 1.5  # the servers' REGISTRY_GC_GRACE, and the collectors'
+    slow: float = 0.15  # share of pushes that wait before the manifest PUT (up to 2x grace)
+    repush: float = 0.1  # share of rounds that push an existing manifest under a new tag
+    index: float = 0.1  # share of rounds that push an index over images of the repository
+    delete_tag: float = 0.2
+    delete_manifest: float = 0.05  # delete a whole manifest by digest
+    pull: float = 0.3
+    layers: tuple[int, int] = (2, 4)  # layers from the pool per image (and 30%: one of its own)
+    pause: float = 0.0  # between collections (0: back to back)
+    clock_resolution: float = 0.0  # of the store's times: 1 s on S3
+    seed: int = 11
+
+
+@dataclass
+class Record:
+    """A manifest that got a 201, and what the clients did with it since."""
+
+    repo: str
+    digest: str
+    media_type: str
+    body: bytes
+    blobs: dict[str, bytes]  # digest -> bytes (config and layers)
+    children: list[str]  # index: child manifest digests
+    deletable: bool  # may be deleted by digest (then never re-pushed nor made a child)
+    live_tags: set[str] = field(default_factory=set)
+    deleted: bool = False  # by digest
+
+
+class Ledger:
+    """What the clients know, shared between them: acknowledged manifests, which tags are live,
+    which repositories hold a blob (mount sources, possibly stale)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.records: dict[tuple[str, str], Record] = {}  # (repo, digest)
+        self._held: dict[str, set[str]] = {}
+
+    def acknowledged(self, record: Record, tag: str | None) -> None:
+        with self._lock:
+            known = self.records.setdefault((record.repo, record.digest), record)
+            if tag is not None and not known.deleted:
+                known.live_tags.add(tag)
+            for digest in record.blobs:
+                self._held.setdefault(digest, set()).add(record.repo)
+
+    def located(self, digest: str, repo: str) -> None:
+        with self._lock:
+            self._held.setdefault(digest, set()).add(repo)
+
+    def mount_source(self, digest: str, repo: str, rng: random.Random) -> str | None:
+        with self._lock:
+            sources = sorted(self._held.get(digest, set()) - {repo})
+        return rng.choice(sources) if sources else None
+
+    def pick(self, rng: random.Random, repo: str | None = None, **want) -> Record | None:
+        with self._lock:
+            found = [
+                r
+                for r in self.records.values()
+                if (repo is None or r.repo == repo)
+                and not r.deleted
+                and all(getattr(r, k) == v for k, v in want.items())
+            ]
+        return rng.choice(found) if found else None
+
+    def pick_live(self, rng: random.Random) -> tuple[Record, str] | None:
+        with self._lock:
+            found = [(r, t) for r in self.records.values() for t in r.live_tags]
+        return rng.choice(sorted(found, key=lambda p: (p[0].repo, p[1]))) if found else None
+
+    def take_tag(self, rng: random.Random) -> tuple[Record, str] | None:
+        """A live tag, no longer live from now on (before the client sends its DELETE)."""
+        with self._lock:
+            found = sorted(((r, t) for r in self.records.values() for t in r.live_tags), key=lambda p: p[1])
+            if not found:
+                return None
+            record, tag = rng.choice(found)
+            record.live_tags.discard(tag)
+            return record, tag
+
+    def take_deletable(self, rng: random.Random) -> Record | None:
+        with self._lock:
+            found = [r for r in self.records.values() if r.deletable and r.live_tags and not r.deleted]
+            if not found:
+                return None
+            record = rng.choice(sorted(found, key=lambda r: r.digest))
+            record.deleted = True
+            record.live_tags.clear()
+            return record
+
+    def is_live(self, record: Record, tag: str) -> bool:
+        with self._lock:
+            return tag in record.live_tags
+
+    def child(self, repo: str, digest: str) -> Record:
+        with self._lock:
+            return self.records[(repo, digest)]
+
+    def live(self) -> list[tuple[Record, str]]:
+        with self._lock:
+            return [(r, sorted(r.live_tags)[0]) for r in self.records.values() if r.live_tags]
+
+
+class Tally:
+    """Counts, and the first few examples of what went wrong, across threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counts: Counter[str] = Counter()
+        self.errors: list[str] = []
+        self.durations: list[float] = []  # of pushes that did not pause on purpose
+        self.losses: list[str] = []
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self.counts[name] += n
+
+    def duration(self, seconds: float) -> None:
+        with self._lock:
+            self.durations.append(seconds)
+
+    def error(self, text: str) -> None:
+        with self._lock:
+            self.counts["errors"] += 1
+            if len(self.errors) < 20:
+                self.errors.append(text)
+
+    def loss(self, text: str) -> None:
+        with self._lock:
+            self.counts["losses"] += 1
+            if len(self.losses) < 20:
+                self.losses.append(text)
+
+
+class Client:
+    """One client thread's requests: a requests.Session per thread, the instances taking turns."""
+
+    def __init__(self, urls: list[str], auth: tuple[str, str] | None, tally: Tally, rng: random.Random):
+        self._urls = urls
+        self._session = requests.Session()
+        self._session.auth = auth
+        self.tally = tally
+        self.rng = rng
+        self.retried = 0  # 503s the last call retried
+
+    def call(self, method: str, path: str, expect: set[int], **kwargs) -> requests.Response:
+        """One request, retried on 503 (a collection holds what it needs: Retry-After, shortened
+        here so the test stays fast). Any status outside `expect` raises WorkloadError."""
+        deadline = time.monotonic() + RETRY_503_FOR
+        url = path if path.startswith("http") else self.rng.choice(self._urls) + path
+        self.retried = 0
+        while True:
+            try:
+                r = self._session.request(method, url, timeout=60, **kwargs)
+            except requests.RequestException as exc:
+                raise WorkloadError(f"{method} {path}: {exc!r}") from exc
+            if r.status_code == 503 and time.monotonic() < deadline:
+                self.tally.add("retried_503")
+                self.retried += 1
+                time.sleep(min(float(r.headers.get("Retry-After") or 1), 0.3 + self.rng.random() * 0.3))
+                continue
+            if r.status_code not in expect:
+                raise WorkloadError(f"{method} {path}: {r.status_code} {r.text[:300]}")
+            return r
+
+    def absolute(self, location: str) -> str:
+        return location if location.startswith("http") else self.rng.choice(self._urls) + location
+
+
+class Pusher:
+    """docker's push, step by step, with its answers to refusals."""
+
+    def __init__(self, client: Client, ledger: Ledger, window: float) -> None:
+        self.c = client
+        self.ledger = ledger
+        # How long a push may take before the collector may take what it uploaded first: the
+        # grace period, less the store's clock resolution (S3 times have whole seconds).
+        self.window = window
+
+    def ensure_blob(self, repo: str, digest: str, data: bytes) -> None:
+        c = self.c
+        if c.call("HEAD", f"/v2/{repo}/blobs/{digest}", {200, 404}).status_code == 200:
+            c.tally.add("layers_skipped")
+            return
+        session = None
+        source = self.ledger.mount_source(digest, repo, c.rng)
+        if source is not None:
+            r = c.call("POST", f"/v2/{repo}/blobs/uploads/?mount={digest}&from={source}", {201, 202})
+            if r.status_code == 201:
+                c.tally.add("layers_mounted")
+                self.ledger.located(digest, repo)
+                return
+            c.tally.add("mounts_refused")  # 202: the source lost it (or never had it): upload
+            session = r.headers["Location"]
+        self.upload(repo, digest, data, session)
+        self.ledger.located(digest, repo)
+
+    def upload(self, repo: str, digest: str, data: bytes, session: str | None) -> None:
+        c = self.c
+        style = c.rng.choice(("monolithic", "chunked", "chunked"))
+        if style == "monolithic":
+            if session is not None:
+                c.tally.add("sessions_abandoned")  # left for the upload purge
+            c.call("POST", f"/v2/{repo}/blobs/uploads/?digest={digest}", {201}, data=data)
+            c.tally.add("layers_uploaded_monolithic")
+            return
+        if session is None:
+            session = c.call("POST", f"/v2/{repo}/blobs/uploads/", {202}).headers["Location"]
+        location = c.absolute(session)
+        cuts = sorted(c.rng.sample(range(1, len(data)), k=min(2, len(data) - 1))) if len(data) > 2 else []
+        pieces = [data[a:b] for a, b in itertools.pairwise([0, *cuts, len(data)])]
+        offset = 0
+        for piece in pieces[:-1]:
+            r = c.call(
+                "PATCH",
+                location,
+                {202},
+                data=piece,
+                headers={
+                    "Content-Type": "application/octet-stream",
+                    "Content-Range": f"{offset}-{offset + len(piece) - 1}",
+                },
+            )
+            location = c.absolute(r.headers["Location"])
+            offset += len(piece)
+        sep = "&" if "?" in location else "?"
+        r = c.call("PUT", f"{location}{sep}digest={digest}", {201, 404}, data=pieces[-1])
+        if r.status_code == 404:
+            if not c.retried:
+                raise WorkloadError(f"closing PUT {location}: 404 {r.text[:300]}")
+            # A 503 (a collection was deleting the copy already stored), then the retry found
+            # the session gone: docker starts the layer over; counted (tests/test_gc_findings.py).
+            c.tally.add("closing_put_404_after_503")
+            c.call("POST", f"/v2/{repo}/blobs/uploads/?digest={digest}", {201}, data=data)
+        c.tally.add("layers_uploaded_chunked")
+
+    def put_manifest(self, record: Record, reference: str, started: float, waited: bool = False) -> bool:
+        """PUT a manifest; on MANIFEST_BLOB_UNKNOWN push what it names again (blobs, or child
+        manifests by digest) and retry, as docker does. False if it gave up. `started`: when
+        the push began (its first blob request); `waited`: it paused on purpose before this."""
+        c = self.c
+        took = time.monotonic() - started
+        if not waited:
+            c.tally.duration(took)
+            if took >= self.window:
+                c.tally.add("pushes_slower_than_grace")
+        for _ in range(PUSH_ATTEMPTS):
+            r = c.call(
+                "PUT",
+                f"/v2/{record.repo}/manifests/{reference}",
+                {201, 400},
+                data=record.body,
+                headers={"Content-Type": record.media_type},
+            )
+            if r.status_code == 201:
+                if r.headers.get("Docker-Content-Digest") != record.digest:
+                    raise WorkloadError(
+                        f"201 for {record.digest} with {r.headers.get('Docker-Content-Digest')}"
+                    )
+                return True
+            error = (r.json().get("errors") or [{}])[0]
+            if error.get("code") != "MANIFEST_BLOB_UNKNOWN":
+                raise WorkloadError(f"PUT manifest: 400 {r.text[:300]}")
+            if waited:
+                c.tally.add("refusals_after_wait")
+            elif time.monotonic() - started >= self.window:
+                c.tally.add("refusals_slow")  # no pause, but slower than the grace period
+            else:
+                c.tally.add("refusals_prompt")
+            named = (error.get("detail") or {}).get("digests") or [*record.blobs, *record.children]
+            for digest in named:
+                if digest in record.blobs:
+                    self.ensure_blob(record.repo, digest, record.blobs[digest])
+                elif digest in record.children:
+                    self.push_child(self.ledger.child(record.repo, digest))
+        c.tally.add("pushes_abandoned")
+        return False
+
+    def push_child(self, child: Record) -> None:
+        """An index's child, by digest: HEAD first, PUT (its blobs first) only if missing."""
+        c = self.c
+        if c.call("HEAD", f"/v2/{child.repo}/manifests/{child.digest}", {200, 404}).status_code == 200:
+            c.tally.add("children_skipped")
+            return
+        started = time.monotonic()
+        for digest, data in child.blobs.items():
+            self.ensure_blob(child.repo, digest, data)
+        if not self.put_manifest(child, child.digest, started):
+            raise WorkloadError(f"child {child.digest} could not be pushed")
+        c.tally.add("children_pushed")
+
+
+class Puller:
+    def __init__(self, client: Client, ledger: Ledger) -> None:
+        self.c = client
+        self.ledger = ledger
+
+    def problem(self, record: Record, reference: str) -> str | None:
+        """What is wrong with pulling `record` by `reference` (None: every byte verified)."""
+        c = self.c
+        r = c.call("GET", f"/v2/{record.repo}/manifests/{reference}", {200, 404}, headers={"Accept": ACCEPT})
+        if r.status_code != 200:
+            return f"manifest {record.repo}:{reference} ({record.digest}): {r.status_code} {r.text[:200]}"
+        if sha256(r.content) != record.digest or r.headers.get("Docker-Content-Digest") != record.digest:
+            return f"manifest {record.repo}:{reference}: got {sha256(r.content)}, want {record.digest}"
+        for digest in record.blobs:
+            b = c.call("GET", f"/v2/{record.repo}/blobs/{digest}", {200, 404})
+            if b.status_code != 200 or sha256(b.content) != digest:
+                return (
+                    f"blob {digest} of {record.repo}@{record.digest}: {b.status_code}, {len(b.content)} bytes"
+                )
+        for digest in record.children:
+            found = self.problem(self.ledger.child(record.repo, digest), digest)
+            if found:
+                return f"child of {record.repo}@{record.digest}: {found}"
+        return None
+
+
+class ClientThread(threading.Thread):
+    def __init__(self, workload: Workload, number: int) -> None:
+        super().__init__(name=f"gc-client-{number}", daemon=True)
+        self.w = workload
+        rng = random.Random(workload.config.seed * 1000 + number)
+        self.client = Client(workload.urls, workload.auth, workload.tally, rng)
+        window = workload.config.grace - workload.config.clock_resolution
+        self.pusher = Pusher(self.client, workload.ledger, window)
+        self.puller = Puller(self.client, workload.ledger)
+
+    def run(self) -> None:
+        while (n := self.w.next_image()) is not None:
+            for step in (self.push_image, self.repush, self.push_index, self.delete, self.pull):
+                try:
+                    step(n)
+                except WorkloadError as exc:
+                    self.w.tally.error(str(exc))
+                except Exception as exc:  # a bug in the workload must show, not hang the test
+                    self.w.tally.error(f"{type(exc).__name__}: {exc}")
+
+    @property
+    def rng(self) -> random.Random:
+        return self.client.rng
+
+    def _maybe_wait(self) -> bool:
+        if self.rng.random() >= self.w.config.slow:
+            return False
+        time.sleep(self.rng.uniform(0, 2 * self.w.config.grace))
+        return True
+
+    def push_image(self, n: int) -> None:
+        rng = self.rng
+        repo = rng.choice(self.w.repos)
+        layers = rng.sample(self.w.pool, k=rng.randint(*self.w.config.layers))
+        if rng.random() < 0.3:
+            layers.append(os.urandom(rng.randint(64, 4096)))  # a layer of its own
+        config = json.dumps({"architecture": "amd64", "os": "linux", "image": n, "r": os.urandom(6).hex()})
+        blobs = {sha256(b): b for b in [config.encode(), *layers]}
+        started = time.monotonic()
+        for digest, data in blobs.items():
+            self.pusher.ensure_blob(repo, digest, data)
+        doc = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": CONFIG_TYPE, "digest": sha256(config.encode()), "size": len(config)},
+            "layers": [{"mediaType": LAYER_TYPE, "digest": sha256(b), "size": len(b)} for b in layers],
+        }
+        body = json.dumps(doc).encode()
+        record = Record(repo, sha256(body), OCI_MANIFEST, body, blobs, [], rng.random() < 0.25)
+        waited = self._maybe_wait()
+        if self.pusher.put_manifest(record, f"i{n}", started, waited):
+            self.w.ledger.acknowledged(record, f"i{n}")
+            self.w.tally.add("images_acknowledged")
+
+    def repush(self, n: int) -> None:
+        """The same layers and manifest under a new tag (docker tag + docker push)."""
+        if self.rng.random() >= self.w.config.repush:
+            return
+        record = self.w.ledger.pick(self.rng, deletable=False, children=[])
+        if record is None:
+            return
+        started = time.monotonic()
+        for digest, data in record.blobs.items():
+            self.pusher.ensure_blob(record.repo, digest, data)
+        waited = self._maybe_wait()
+        if self.pusher.put_manifest(record, f"r{n}", started, waited):
+            self.w.ledger.acknowledged(record, f"r{n}")
+            self.w.tally.add("repushes_acknowledged")
+
+    def push_index(self, n: int) -> None:
+        rng = self.rng
+        if rng.random() >= self.w.config.index:
+            return
+        repo = rng.choice(self.w.repos)
+        children = {
+            r.digest: r
+            for r in (self.w.ledger.pick(rng, repo, deletable=False, children=[]) for _ in range(3))
+            if r is not None
+        }
+        if not children:
+            return
+        started = time.monotonic()
+        for child in children.values():
+            self.pusher.push_child(child)
+        doc = {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {"mediaType": OCI_MANIFEST, "digest": d, "size": len(r.body)}
+                for d, r in sorted(children.items())
+            ],
+        }
+        body = json.dumps(doc).encode()
+        record = Record(repo, sha256(body), OCI_INDEX, body, {}, sorted(children), False)
+        waited = self._maybe_wait()
+        if self.pusher.put_manifest(record, f"x{n}", started, waited):
+            self.w.ledger.acknowledged(record, f"x{n}")
+            self.w.tally.add("indexes_acknowledged")
+
+    def delete(self, n: int) -> None:
+        rng, c = self.rng, self.client
+        if rng.random() < self.w.config.delete_tag:
+            taken = self.w.ledger.take_tag(rng)
+            if taken is not None:
+                record, tag = taken
+                r = c.call("DELETE", f"/v2/{record.repo}/manifests/{tag}", {202, 404})
+                if r.status_code == 404:
+                    self.w.tally.loss(f"DELETE {record.repo}:{tag}: 404 while live")
+                self.w.tally.add("tags_deleted")
+        if rng.random() < self.w.config.delete_manifest:
+            record = self.w.ledger.take_deletable(rng)
+            if record is not None:
+                # It had a live tag until now: a 404 would mean it was lost.
+                r = c.call("DELETE", f"/v2/{record.repo}/manifests/{record.digest}", {202, 404})
+                if r.status_code == 404:
+                    self.w.tally.loss(f"DELETE {record.repo}@{record.digest}: 404 while tagged")
+                self.w.tally.add("manifests_deleted")
+
+    def pull(self, n: int) -> None:
+        if self.rng.random() >= self.w.config.pull:
+            return
+        picked = self.w.ledger.pick_live(self.rng)
+        if picked is None:
+            return
+        record, tag = picked
+        problem = self.puller.problem(record, tag)
+        if problem is None:
+            self.w.tally.add("pulls_verified")
+        elif self.w.ledger.is_live(record, tag):
+            self.w.tally.loss(f"during the run: {problem}")
+        else:
+            self.w.tally.add("pulls_raced_a_delete")
+
+
+class Collectors:
+    """Collections back to back (one in four untagged), and a second collector contending for
+    the lease: directly, or through the servers' endpoint on a random repository."""
+
+    def __init__(self, workload: Workload) -> None:
+        self.w = workload
+        # Long enough for any session a client is still writing; abandoned ones get purged.
+        self.upload_ttl = max(10.0, 5 * workload.config.grace)
+        self._collectors = [
+            GarbageCollector(workload.make_driver(), workload.config.grace, self.upload_ttl) for _ in range(2)
+        ]
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._guarded, args=(self._main,), name="gc-main", daemon=True),
+            threading.Thread(target=self._guarded, args=(self._contender,), name="gc-second", daemon=True),
+        ]
+
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=120)
+
+    def _guarded(self, loop) -> None:
+        try:
+            loop()
+        except Exception as exc:
+            self.w.tally.error(f"collector thread died: {type(exc).__name__}: {exc}")
+
+    def _collect(self, gc: GarbageCollector, mode: str, repository: str | None, prefix: str) -> None:
+        tally = self.w.tally
+        try:
+            report = gc.collect(mode, repository=repository)
+        except CollectionRunning:
+            tally.add(f"{prefix}_busy")
+            return
+        except Exception as exc:
+            tally.error(f"{prefix} collection failed: {type(exc).__name__}: {exc}")
+            return
+        tally.add(f"{prefix}_runs")
+        tally.add(f"{prefix}_runs_{mode}")
+        if repository is not None:
+            tally.add(f"{prefix}_runs_one_repository")
+        self.w.add_removed(report.as_dict())
+
+    def _main(self) -> None:
+        gc = self._collectors[0]
+        rng = random.Random(self.w.config.seed)
+        for run in itertools.count():
+            if self._stop.is_set():
+                return
+            self._collect(gc, "untagged" if run % 4 == 3 else "unreferenced", None, "gc")
+            self._stop.wait(rng.uniform(0, 0.05) + self.w.config.pause)
+
+    def _contender(self) -> None:
+        gc = self._collectors[1]
+        rng = random.Random(self.w.config.seed + 1)
+        session = requests.Session()
+        session.auth = self.w.auth
+        while not self._stop.wait(rng.uniform(0.05, 0.4) + self.w.config.pause):
+            mode = rng.choice(("unreferenced", "unreferenced", "untagged"))
+            if rng.random() < 0.5:
+                self._collect(gc, mode, rng.choice([None, *self.w.repos]), "gc")
+                continue
+            repo = rng.choice(self.w.repos)
+            try:
+                # The endpoint waits up to 10 s for the lease, then answers 503.
+                r = session.post(f"{rng.choice(self.w.urls)}/v2/{repo}/gc?mode={mode}", timeout=60)
+            except requests.RequestException as exc:
+                self.w.tally.error(f"POST /v2/{repo}/gc: {exc!r}")
+                continue
+            if r.status_code == 200:
+                self.w.tally.add("endpoint_runs")
+                self.w.add_removed(r.json())
+            elif r.status_code == 503:
+                self.w.tally.add("endpoint_busy")
+            else:
+                self.w.tally.error(f"POST /v2/{repo}/gc: {r.status_code} {r.text[:300]}")
+
+
+REMOVED = ("layer_links", "manifests", "blobs", "uploads", "multipart_uploads", "spared")
+
+
+class Workload:
+    def __init__(
+        self,
+        config: Config,
+        urls: list[str],
+        auth: tuple[str, str] | None,
+        make_driver: Callable[[], object],
+    ) -> None:
+        self.config = config
+        self.urls = urls
+        self.auth = auth
+        self.make_driver = make_driver
+        self.tally = Tally()
+        self.ledger = Ledger()
+        rng = random.Random(config.seed)
+        self.repos = [f"stress/app-{i}" for i in range(config.repositories)]
+        self.pool = [rng.randbytes(rng.randint(100, 24_000)) for _ in range(config.pool)]
+        self._numbers = itertools.count()
+        self._lock = threading.Lock()
+        self._started = 0.0
+
+    def next_image(self) -> int | None:
+        with self._lock:
+            n = next(self._numbers)
+        enough = n >= self.config.images and time.monotonic() - self._started >= self.config.seconds
+        return None if enough else n
+
+    def add_removed(self, report: dict) -> None:
+        for key in REMOVED:
+            self.tally.add(f"removed_{key}", int(report.get(key) or 0))
+
+    def run(self) -> None:
+        """The clients and the collectors at once, until the clients are done."""
+        self._started = time.monotonic()
+        collectors = Collectors(self)
+        clients = [ClientThread(self, i) for i in range(self.config.clients)]
+        collectors.start()
+        for t in clients:
+            t.start()
+        for t in clients:
+            t.join()
+        collectors.stop()
+        self.tally.counts["seconds_busy"] = round(time.monotonic() - self._started, 1)
+        durations = sorted(self.tally.durations) or [0.0]
+        for name, q in (("p50", 0.5), ("p90", 0.9), ("max", 1.0)):
+            self.tally.counts[f"push_seconds_{name}"] = round(durations[int(q * (len(durations) - 1))], 2)
+
+    def finish(self, view: StorageView, settle: float) -> dict:
+        """Past the grace (plus `settle`, the store's clock resolution), one more collection
+        with a short upload TTL; then every live manifest pulled back and verified, and the
+        storage audited. Returns the counts."""
+        time.sleep(self.config.grace + settle)
+        gc = GarbageCollector(self.make_driver(), self.config.grace, upload_ttl=self.config.grace)
+        final = gc.collect("unreferenced")
+        for key in REMOVED:
+            self.tally.counts[f"final_{key}"] = int(getattr(final, key))
+        puller = Puller(Client(self.urls, self.auth, self.tally, random.Random(0)), self.ledger)
+        for record, tag in self.ledger.live():
+            for reference in (tag, record.digest):
+                problem = puller.problem(record, reference)
+                if problem is None:
+                    self.tally.add("final_pulls_verified")
+                else:
+                    self.tally.loss(f"after the run: {problem}")
+        for key, value in audit(view).items():
+            self.tally.counts[f"left_{key}"] = value
+        return dict(self.tally.counts)
