@@ -69,11 +69,17 @@ _REPO = re.compile(
 )
 
 
+def _data_key(digest: str) -> str:
+    alg, hexpart = digest.split(":", 1)
+    return f"blobs/{alg}/{hexpart[:2]}/{hexpart}/data"
+
+
 def audit(view: StorageView) -> dict[str, int]:
-    """Counts of what nothing references (all zero after a complete collection), and of what is
+    """Counts of the store: what nothing references (all zero after a complete collection:
+    MUST_BE_ZERO), what an unreferenced collection would take (`collectable_*`), and what is
     broken (a manifest whose blobs are gone: zero always)."""
     data, layers, manifests, tags = set(), {}, {}, {}
-    counts = Counter(uploads=0, gc_announcements=0, temp_files=0)
+    counts = Counter({key: 0 for key in MUST_BE_ZERO})
     uploads = set()
     for key in view.list_keys():
         if m := _BLOB.fullmatch(key):
@@ -95,21 +101,19 @@ def audit(view: StorageView) -> dict[str, int]:
     counts["uploads"] = len(uploads)
     counts["multipart_uploads"] = view.multipart_uploads()
     counts["blobs"] = len(data)
-    linked = set()
+    linked, kept = set(), set()  # digests some link points at; those a collection leaves linked
     for repo in set(layers) | set(manifests):
-        linked |= layers.get(repo, set()) | manifests.get(repo, set())
-        referenced, reachable, children = set(), set(), {}
-        for digest in manifests.get(repo, set()):
-            counts["manifests"] += 1
+        repo_layers, repo_manifests = layers.get(repo, set()), manifests.get(repo, set())
+        linked |= repo_layers | repo_manifests
+        referenced, children = set(), {}
+        for digest in repo_manifests:
             link = json.loads(
                 view.read(f"repositories/{repo}/_manifests/{digest.replace(':', '/')}") or b"{}"
             )
             if link.get("pending"):
                 counts["pending_manifests"] += 1
                 continue
-            raw = view.read(
-                f"blobs/{digest.split(':')[0]}/{digest.split(':')[1][:2]}/{digest.split(':')[1]}/data"
-            )
+            raw = view.read(_data_key(digest))
             if raw is None:
                 counts["broken_manifests"] += 1
                 continue
@@ -117,25 +121,32 @@ def audit(view: StorageView) -> dict[str, int]:
             refs = {d["digest"] for d in [doc.get("config") or {}, *doc.get("layers", [])] if d}
             children[digest] = {d["digest"] for d in doc.get("manifests", [])}
             referenced |= refs
-            missing = {d for d in refs if d not in data or d not in layers.get(repo, set())}
-            missing |= {d for d in children[digest] if d not in manifests.get(repo, set())}
-            if missing:
+            if (refs - (data & repo_layers)) or (children[digest] - repo_manifests):
                 counts["broken_manifests"] += 1
-        for key in tags.get(repo, {}).values():
-            reachable.add((view.read(key) or b"").decode().strip())
-        pending = list(reachable)
-        while pending:
-            for child in children.get(pending.pop(), ()):
-                if child not in reachable:
-                    reachable.add(child)
-                    pending.append(child)
-        counts["untagged_manifests"] += len(set(children) - reachable)
-        counts["layer_links"] += len(layers.get(repo, set()))
-        counts["unreferenced_links"] += len(layers.get(repo, set()) - referenced)
-        counts["links_without_data"] += len((layers.get(repo, set()) | manifests.get(repo, set())) - data)
+        kept |= (repo_layers & referenced) | set(children)
+        counts["manifests"] += len(repo_manifests)
+        counts["layer_links"] += len(repo_layers)
+        counts["unreferenced_links"] += len(repo_layers - referenced)
+        counts["links_without_data"] += len((repo_layers | repo_manifests) - data)
+        counts["untagged_manifests"] += len(set(children) - _reachable(view, tags.get(repo, {}), children))
     counts["tags"] = sum(len(t) for t in tags.values())
     counts["unlinked_blobs"] = len(data - linked)
+    counts["collectable_blobs"] = len(data - kept)
+    counts["collectable_links"] = counts["unreferenced_links"]
+    counts["collectable_manifests"] = counts["pending_manifests"]
     return dict(counts)
+
+
+def _reachable(view: StorageView, tag_keys: dict[str, str], children: dict[str, set[str]]) -> set[str]:
+    """Manifests the tags reach, through index children."""
+    reachable = {(view.read(key) or b"").decode().strip() for key in tag_keys.values()}
+    pending = list(reachable)
+    while pending:
+        for child in children.get(pending.pop(), ()):
+            if child not in reachable:
+                reachable.add(child)
+                pending.append(child)
+    return reachable
 
 
 # What a complete collection leaves behind: nothing (untagged manifests stay in unreferenced mode).

@@ -262,8 +262,7 @@ class Pusher:
 
     def upload(self, repo: str, digest: str, data: bytes, session: str | None) -> None:
         c = self.c
-        style = c.rng.choice(("monolithic", "chunked", "chunked"))
-        if style == "monolithic":
+        if c.rng.random() < 0.5:
             if session is not None:
                 c.tally.add("sessions_abandoned")  # left for the upload purge
             c.call("POST", f"/v2/{repo}/blobs/uploads/?digest={digest}", {201}, data=data)
@@ -272,8 +271,10 @@ class Pusher:
         if session is None:
             session = c.call("POST", f"/v2/{repo}/blobs/uploads/", {202}).headers["Location"]
         location = c.absolute(session)
-        cuts = sorted(c.rng.sample(range(1, len(data)), k=min(2, len(data) - 1))) if len(data) > 2 else []
-        pieces = [data[a:b] for a, b in itertools.pairwise([0, *cuts, len(data)])]
+        # A PATCH, then the closing PUT with the rest (a session of two requests, as containerd's;
+        # docker sends everything in the PATCH and an empty PUT).
+        cut = c.rng.randint(1, len(data))
+        pieces = [data[:cut], data[cut:]]
         offset = 0
         for piece in pieces[:-1]:
             r = c.call(
@@ -360,14 +361,17 @@ class Puller:
         self.c = client
         self.ledger = ledger
 
-    def problem(self, record: Record, reference: str) -> str | None:
-        """What is wrong with pulling `record` by `reference` (None: every byte verified)."""
+    def problem(self, record: Record, reference: str, deep: bool = True) -> str | None:
+        """What is wrong with pulling `record` by `reference` (None: every byte verified; not
+        `deep`: the manifest only)."""
         c = self.c
         r = c.call("GET", f"/v2/{record.repo}/manifests/{reference}", {200, 404}, headers={"Accept": ACCEPT})
         if r.status_code != 200:
             return f"manifest {record.repo}:{reference} ({record.digest}): {r.status_code} {r.text[:200]}"
         if sha256(r.content) != record.digest or r.headers.get("Docker-Content-Digest") != record.digest:
             return f"manifest {record.repo}:{reference}: got {sha256(r.content)}, want {record.digest}"
+        if not deep:
+            return None
         for digest in record.blobs:
             b = c.call("GET", f"/v2/{record.repo}/blobs/{digest}", {200, 404})
             if b.status_code != 200 or sha256(b.content) != digest:
@@ -648,23 +652,40 @@ class Workload:
         for name, q in (("p50", 0.5), ("p90", 0.9), ("max", 1.0)):
             self.tally.counts[f"push_seconds_{name}"] = round(durations[int(q * (len(durations) - 1))], 2)
 
+    def _verify(self, live: list[tuple[Record, str]], number: int) -> None:
+        """Pull each by its tag (every byte) and by digest (the manifest)."""
+        puller = Puller(Client(self.urls, self.auth, self.tally, random.Random(number)), self.ledger)
+        for record, tag in live:
+            try:
+                problem = puller.problem(record, tag) or puller.problem(record, record.digest, deep=False)
+            except WorkloadError as exc:
+                self.tally.error(f"verifying {record.repo}:{tag}: {exc}")
+                continue
+            if problem is None:
+                self.tally.add("final_pulls_verified")
+            else:
+                self.tally.loss(f"after the run: {problem}")
+
     def finish(self, view: StorageView, settle: float) -> dict:
         """Past the grace (plus `settle`, the store's clock resolution), one more collection
         with a short upload TTL; then every live manifest pulled back and verified, and the
         storage audited. Returns the counts."""
         time.sleep(self.config.grace + settle)
+        for key, value in audit(view).items():
+            self.tally.counts[f"before_{key}"] = value
         gc = GarbageCollector(self.make_driver(), self.config.grace, upload_ttl=self.config.grace)
         final = gc.collect("unreferenced")
         for key in REMOVED:
             self.tally.counts[f"final_{key}"] = int(getattr(final, key))
-        puller = Puller(Client(self.urls, self.auth, self.tally, random.Random(0)), self.ledger)
-        for record, tag in self.ledger.live():
-            for reference in (tag, record.digest):
-                problem = puller.problem(record, reference)
-                if problem is None:
-                    self.tally.add("final_pulls_verified")
-                else:
-                    self.tally.loss(f"after the run: {problem}")
+        live = self.ledger.live()
+        threads = [
+            threading.Thread(target=self._verify, args=(live[i :: self.config.clients], i), daemon=True)
+            for i in range(self.config.clients)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
         for key, value in audit(view).items():
             self.tally.counts[f"left_{key}"] = value
         return dict(self.tally.counts)
