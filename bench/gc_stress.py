@@ -91,6 +91,13 @@ ORDER = [
         "last collection",
         [f"final_{k}" for k in ("layer_links", "manifests", "blobs", "uploads", "multipart_uploads")],
     ),
+    (
+        "garbage before it",
+        [
+            f"before_{k}"
+            for k in ("collectable_links", "collectable_manifests", "collectable_blobs", "uploads")
+        ],
+    ),
     ("left after it", [f"left_{k}" for k in MUST_BE_ZERO]),
     (
         "store after it",
