@@ -139,6 +139,17 @@ def print_counts(counts: dict, args: argparse.Namespace) -> None:
             print(f"| {group} | {key} | {counts.get(key, 0)} |")
 
 
+def print_tracebacks(log_path: Path | None, most: int = 3) -> None:
+    """The servers' tracebacks (a 500), before the temp dir with their logs goes."""
+    if log_path is None or not log_path.exists():
+        return
+    lines = log_path.read_text(errors="replace").splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback")][:most]
+    for i in starts:
+        end = next((j for j in range(i + 1, len(lines)) if not lines[j].startswith((" ", "\t"))), len(lines))
+        print(f"\n{log_path.name}:\n" + "\n".join(lines[max(0, i - 1) : end + 1]))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -226,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
             args.json.write_text(json.dumps(counts, indent=1, sort_keys=True))
         failed = counts.get("losses", 0) or counts.get("errors", 0)
         failed = failed or any(counts.get(f"left_{k}", 0) for k in MUST_BE_ZERO)
+        if failed:
+            for server in servers:
+                print_tracebacks(server.log_path)
         return 1 if failed else 0
     except BenchError as exc:
         log(str(exc))
