@@ -31,7 +31,7 @@ def create_app(settings: Settings, driver: StorageDriver | None = None) -> falco
     except StorageFull as exc:
         # Pulls can still be served; pushes get 507 until space is freed.
         log.warning("starting with storage that cannot take writes: %s", exc)
-    registry = Registry(driver, gc_grace=settings.gc.grace)
+    registry = Registry(driver, gc_grace=settings.gc.grace, allow_sparse_index=settings.allow_sparse_index)
     auth_middleware, token_server = build_auth(settings)
     app = falcon.App(
         router=RegexRouter(fallback=UnknownRoute()),

@@ -301,6 +301,7 @@ class Settings:
     anonymous_pull: bool = False
     delete_enabled: bool = True
     manifest_max_bytes: int = 4 * 1024 * 1024
+    allow_sparse_index: bool = False  # REGISTRY_ALLOW_SPARSE_INDEX: index children may be missing
     realm: str = "Berth"
     tokens: TokenSettings = field(default_factory=TokenSettings)
     failed_logins: FailedLoginSettings = field(default_factory=FailedLoginSettings)
@@ -342,6 +343,7 @@ class Settings:
             anonymous_pull=_bool(env, "ANONYMOUS_PULL", False),
             delete_enabled=_bool(env, "REGISTRY_DELETE_ENABLED", True),
             manifest_max_bytes=_int(env, "REGISTRY_MANIFEST_MAX_BYTES", 4 * 1024 * 1024, 4 * 1024 * 1024),
+            allow_sparse_index=_bool(env, "REGISTRY_ALLOW_SPARSE_INDEX", False),
             realm=_realm(env.get("REGISTRY_AUTH_REALM", "Berth") or "Berth"),
             tokens=_token_settings(env),
             failed_logins=_failed_login_settings(env),

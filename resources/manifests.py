@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import falcon
 
-from errors import ManifestUnknown, Unsupported
+from errors import Unsupported
 from resources.http import read_small_body
 from storage.digests import validate_name
 from storage.manifests import ManifestInfo
@@ -44,13 +44,11 @@ class Manifest:
         resp.data = body if body is not None else self._registry.manifests.read(info)
 
     def _resolve(self, name: str, reference: str) -> tuple[ManifestInfo, bytes | None]:
-        try:
+        if self._pull_through is None:
             return self._registry.manifests.resolve(name, reference), None
-        except ManifestUnknown:
-            if self._pull_through is None:
-                raise
-            # Missing here: fetched upstream and stored (HEAD too, so the GET after is local).
-            return self._pull_through.manifest(name, reference)
+        # Missing here: fetched upstream and stored (HEAD too, so the GET after is local); a tag
+        # pulled through is checked upstream again once it is due.
+        return self._pull_through.resolve(name, reference)
 
     def on_put(self, req: falcon.Request, resp: falcon.Response, name: str, reference: str) -> None:
         validate_name(name)

@@ -76,11 +76,9 @@ class BlobStore:
             return False
         if section is None or time.time() - info.modified < self._renew_after:
             return True
-        try:
-            self.link(name, digest, section)
-        except BeingCollected:
-            return False
-        return True
+        self._write_link(name, digest)
+        # A HEAD does not wait for a collection's verdict: announced is gone, for new clients.
+        return not section.overlapped() or self.tombstones.layer_kept(name, digest, wait=False)
 
     def open(self, name: str, digest: Digest, start: int, length: int) -> ObjectReader:
         try:
@@ -98,10 +96,14 @@ class BlobStore:
         """Link the blob into `name`. `section`, started before the caller checked that the
         data exists, confirms the link against a garbage collection that may have overlapped:
         BeingCollected if the link or the data goes (the link is left: see tombstones.py)."""
-        self._driver.write_bytes(paths.layer_link(name, digest), f"{digest} {time.time():.6f}".encode())
+        self._write_link(name, digest)
         if section is not None and section.overlapped() and not self.tombstones.layer_kept(name, digest):
             log.info("%s@%s is being garbage collected: not linked", name, digest)
             raise BeingCollected(detail={"digest": str(digest)})
+
+    def _write_link(self, name: str, digest: Digest) -> None:
+        # The time makes every write a new version (the collector's second look tells them).
+        self._driver.write_bytes(paths.layer_link(name, digest), f"{digest} {time.time():.6f}".encode())
 
     def mount(self, name: str, source: str, digest: Digest) -> bool:
         """Link a blob of `source` into `name` without copying; False if `source` lacks it."""

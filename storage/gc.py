@@ -141,6 +141,20 @@ class GarbageCollector:
         log.info("garbage collection %s: %s", "(dry run)" if dry_run else "done", report.as_dict())
         return report
 
+    def purge_uploads(self, dry_run: bool = False, wait: float = 0.0) -> GcReport:
+        """Only the upload part of a collection (storage/gc_uploads.py)."""
+        from storage.gc_uploads import purge_uploads
+
+        started = time.monotonic()
+        report = GcReport("uploads", dry_run)
+        if dry_run:
+            purge_uploads(self._driver, time.time() - self._upload_ttl, report, self._progress)
+        else:
+            with self._lease(wait):
+                purge_uploads(self._driver, self._store_now() - self._upload_ttl, report, self._progress)
+        report.seconds = round(time.monotonic() - started, 3)
+        return report
+
     def _run(self, report: GcReport, run: str, now: float, uploads: bool) -> None:
         cutoff = now - self._grace
         self._progress.phase("repositories")

@@ -1,6 +1,9 @@
 """Manifests, tags and referrers of a repository. Bytes are stored exactly as pushed, as blobs;
 the repository holds a link per revision (with the media type to serve), a file per tag and an
-entry per referrer. Writes go content first, links last, so nothing ever points at nothing."""
+entry per referrer. Writes go content first, links last, so nothing ever points at nothing.
+
+A manifest pushed by a client also marks its repository as pushed here (`_pushed`): pull-through
+never writes upstream content into such a repository (upstream/pullthrough.py)."""
 
 from __future__ import annotations
 
@@ -34,9 +37,12 @@ class PutResult:
 
 
 class ManifestStore:
-    def __init__(self, driver: StorageDriver, blobs: BlobStore) -> None:
+    def __init__(self, driver: StorageDriver, blobs: BlobStore, allow_sparse_index: bool = False) -> None:
         self._driver = driver
         self._blobs = blobs
+        # REGISTRY_ALLOW_SPARSE_INDEX: an index may name children that are not here (one
+        # platform of a multi-arch image mirrored); image manifests still need their blobs.
+        self._allow_sparse_index = allow_sparse_index
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -81,10 +87,11 @@ class ManifestStore:
         content_type: str | None,
         extra_tags: list[str],
         *,
-        check_references: bool = True,
+        from_upstream: bool = False,
     ) -> PutResult:
-        """Store a manifest. `check_references=False` is for a copy pulled through from an
-        upstream registry: its blobs are fetched on demand later, so they need not be here yet."""
+        """Store a manifest. `from_upstream=True` is for a copy pulled through from an upstream
+        registry: its blobs are fetched on demand later, so they need not be here yet, and it
+        does not mark the repository as pushed."""
         if looks_like_digest(reference):
             digest = Digest.parse(reference)
             actual = Digest.of(body, digest.algorithm)
@@ -103,8 +110,11 @@ class ManifestStore:
         # may run meanwhile (storage/tombstones.py); a new revision stays pending, invisible to
         # readers, until then, so nothing is built on a manifest this PUT may still refuse.
         section = self._blobs.section()
-        if check_references:
+        if not from_upstream:
             self._check_references(name, manifest)
+            # Before anything is written, so a pull-through that checks for the mark just before
+            # writing sees it (upstream/pullthrough.py).
+            self.mark_pushed(name)
 
         blob_key = paths.blob_data(digest)
         if not self._driver.exists(blob_key):
@@ -117,7 +127,7 @@ class ManifestStore:
         for tag in tags:
             self._driver.write_bytes(paths.tag(name, tag), str(digest).encode())
         if section.overlapped():
-            self._confirm(name, digest, manifest, previous)
+            self._confirm(name, digest, manifest, previous, references=not from_upstream)
         if new:
             self._write_link(name, digest, manifest, len(body), pending=False)
         if manifest.subject is not None:
@@ -142,19 +152,30 @@ class ManifestStore:
             return None
 
     def _confirm(
-        self, name: str, digest: Digest, manifest: ParsedManifest, previous: dict[str, bytes | None]
+        self,
+        name: str,
+        digest: Digest,
+        manifest: ParsedManifest,
+        previous: dict[str, bytes | None],
+        references: bool,
     ) -> None:
         """A garbage collection ran during this PUT: check that it keeps everything the manifest
-        needs. If not, the tags go back to what they were and the PUT is refused; the pending
-        revision stays invisible (another PUT of the same bytes may still be relying on it) and
-        a later collection removes it."""
+        needs (its references unless it comes from upstream, which fetches them on demand; its
+        children unless indexes may be sparse). If not, the tags go back to what they were and
+        the PUT is refused; the pending revision stays invisible (another PUT of the same bytes
+        may still be relying on it) and a later collection removes it."""
         tombstones = self._blobs.tombstones
-        gone = [str(d.digest) for d in _distinct(manifest.blobs) if not tombstones.layer_kept(name, d.digest)]
-        gone += [
-            str(d.digest)
-            for d in _distinct(manifest.children)
-            if not tombstones.manifest_kept(name, d.digest)
-        ]
+        gone: list[str] = []
+        if references:
+            gone += [
+                str(d.digest) for d in _distinct(manifest.blobs) if not tombstones.layer_kept(name, d.digest)
+            ]
+            if not self._allow_sparse_index:
+                gone += [
+                    str(d.digest)
+                    for d in _distinct(manifest.children)
+                    if not tombstones.manifest_kept(name, d.digest)
+                ]
         if not gone and tombstones.manifest_kept(name, digest):
             return
         for tag, value in previous.items():
@@ -174,11 +195,20 @@ class ManifestStore:
         for desc in _distinct(manifest.blobs):
             if not self._blobs.is_linked(name, desc.digest):
                 missing.append(str(desc.digest))
-        for desc in _distinct(manifest.children):
-            if not self._blobs.is_linked(name, desc.digest, as_manifest=True):
-                missing.append(str(desc.digest))
+        if not self._allow_sparse_index:
+            for desc in _distinct(manifest.children):
+                if not self._blobs.is_linked(name, desc.digest, as_manifest=True):
+                    missing.append(str(desc.digest))
         if missing:
             raise ManifestBlobUnknown(detail={"digests": missing})
+
+    def mark_pushed(self, name: str) -> None:
+        self._driver.write_bytes(paths.pushed_marker(name), json.dumps({"pushed_at": time.time()}).encode())
+
+    def is_pushed(self, name: str) -> bool:
+        """Whether a client ever pushed a manifest to `name` (since the mark exists: repositories
+        pushed before it are marked by their next push)."""
+        return self._driver.exists(paths.pushed_marker(name))
 
     @staticmethod
     def _referrer_descriptor(manifest: ParsedManifest, digest: Digest, size: int) -> dict[str, Any]:

@@ -13,6 +13,19 @@
         _referrers/<alg>/<hex>/<alg>.<hex>      a referrer of subject <alg>:<hex>; its descriptor
         _gc                                     while garbage collection deletes links and
                                                 manifests here: which ones (JSON)
+        _pushed                                 marker: a client pushed a manifest here, so
+                                                pull-through from upstreams without a `prefix`
+                                                never writes into this repository; JSON
+                                                {"pushed_at": <unix time of the last push>}
+        _upstream/tags/<tag>/checked            a tag pulled through from an upstream: JSON
+                                                {"checked": <unix time the last upstream check
+                                                ended>, "digest": <what the tag named after it>,
+                                                "not_before": <unix time; 0 or when an
+                                                upstream's 429 Retry-After ends>}. Not a
+                                                reference: _tags/<tag> is what keeps content.
+        _upstream/tags/<tag>/lock               held while one request checks that tag upstream
+                                                (an empty file on local disk; on S3 a lease
+                                                object that exists only while held)
     uploads/<id>/state.json                     an upload's progress (JSON, never pickled)
     uploads/<id>/data                           bytes received so far (local disk)
     uploads/<id>/lock                           held while a request writes the upload
@@ -90,6 +103,18 @@ def referrers_dir(name: str, subject: Digest) -> str:
 
 def referrer(name: str, subject: Digest, digest: Digest) -> str:
     return f"{referrers_dir(name, subject)}/{digest.algorithm}.{digest.hex}"
+
+
+def pushed_marker(name: str) -> str:
+    return f"{REPOSITORIES}/{name}/_pushed"
+
+
+def upstream_tag_check(name: str, tag_name: str) -> str:
+    return f"{REPOSITORIES}/{name}/_upstream/tags/{tag_name}/checked"
+
+
+def upstream_tag_lock(name: str, tag_name: str) -> str:
+    return f"{REPOSITORIES}/{name}/_upstream/tags/{tag_name}/lock"
 
 
 def upload_state(upload_id: str) -> str:

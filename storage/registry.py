@@ -13,13 +13,16 @@ from storage.uploads import UploadService
 
 
 class Registry:
-    def __init__(self, driver: StorageDriver, gc_grace: float | None = None) -> None:
+    def __init__(
+        self, driver: StorageDriver, gc_grace: float | None = None, allow_sparse_index: bool = False
+    ) -> None:
         """`gc_grace`: garbage collection's grace period, if it may run: old links are renewed
-        when clients ask for them, at half of it (storage/blobs.py)."""
+        when clients ask for them, at half of it (storage/blobs.py). `allow_sparse_index`:
+        indexes may name children that are not here (REGISTRY_ALLOW_SPARSE_INDEX)."""
         self.driver = driver
         self.blobs = BlobStore(driver, renew_after=None if gc_grace is None else gc_grace / 2)
         self.uploads = UploadService(driver, self.blobs)
-        self.manifests = ManifestStore(driver, self.blobs)
+        self.manifests = ManifestStore(driver, self.blobs, allow_sparse_index)
 
     def repositories(self, after: str | None = None) -> Iterator[str]:
         """Every repository holding at least one manifest, in sorted order, after `after`.

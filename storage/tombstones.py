@@ -130,12 +130,13 @@ class Tombstones:
     def blob_doomed(self, digest: Digest) -> bool:
         return self._driver.exists(paths.blob_tombstone(digest))
 
-    def layer_kept(self, name: str, digest: Digest) -> bool:
+    def layer_kept(self, name: str, digest: Digest, wait: bool = True) -> bool:
         """After writing a reference to `name`'s layer `digest`: whether the link and the data
-        stay (waiting for a verdict where a collection announced either)."""
+        stay (waiting for a verdict where a collection announced either; without `wait`, an
+        announcement alone is enough to say no)."""
         return (
-            self._survives_doom_list(name, str(digest), manifest=False)
-            and self._data_survives(digest)
+            self._survives_doom_list(name, str(digest), manifest=False, wait=wait)
+            and self._data_survives(digest, wait=wait)
             and self._driver.exists(paths.layer_link(name, digest))
         )
 
@@ -146,7 +147,7 @@ class Tombstones:
             and self._driver.exists(paths.manifest_link(name, digest))
         )
 
-    def _survives_doom_list(self, name: str, digest: str, manifest: bool) -> bool:
+    def _survives_doom_list(self, name: str, digest: str, manifest: bool, wait: bool = True) -> bool:
         deadline = self._clock() + VERDICT_WAIT
         while True:
             doomed = self._doom_list(name)
@@ -156,11 +157,13 @@ class Tombstones:
                 return True
             if doomed.decided:
                 return digest not in (doomed.deleted_manifests if manifest else doomed.deleted_links)
+            if not wait:
+                return False
             if self._clock() > deadline:
                 raise BeingCollected(detail={"digest": digest})
             self._sleep(POLL)
 
-    def _data_survives(self, digest: Digest) -> bool:
+    def _data_survives(self, digest: Digest, wait: bool = True) -> bool:
         deadline = self._clock() + VERDICT_WAIT
         while True:
             try:
@@ -171,6 +174,8 @@ class Tombstones:
             verdict = self._blob_verdict(run)
             if verdict is not None:
                 return str(digest) not in verdict and self._driver.exists(paths.blob_data(digest))
+            if not wait:
+                return False
             if self._clock() > deadline:
                 raise BeingCollected(detail={"digest": str(digest)})
             self._sleep(POLL)

@@ -225,13 +225,34 @@ class UploadService:
         self, state: UploadState, digest: Digest, writer: AppendWriter | None, section: Section
     ) -> BlobInfo:
         """The same bytes are already stored: link them and drop ours. Linking first, so a crash
-        in between leaves a session whose retry does the same; and a collection deleting the
-        stored copy leaves the session (and our bytes) for the client's retry."""
-        self._blobs.link(state.name, digest, section)
+        in between leaves a session whose retry does the same. If a collection is deleting the
+        stored copy, ours is kept for the client's retry to publish instead."""
+        try:
+            self._blobs.link(state.name, digest, section)
+        except BeingCollected:
+            if writer is not None and state.publishing is not None and not state.publishing.sealed:
+                self._keep_for_retry(state, digest, writer)
+            raise
         if writer is not None:
             writer.abort()
         self._end(state)
         return BlobInfo(digest, state.size)
+
+    def _keep_for_retry(self, state: UploadState, digest: Digest, writer: AppendWriter) -> None:
+        """Seal the bytes this request still holds, so the retry of a closing PUT refused during a
+        collection publishes them (the stored copy it meant to share may be gone by then)."""
+        pub = state.publishing
+        assert pub is not None
+        with _abandon_on_failure(writer):
+            sealed = writer.seal(paths.blob_data(digest))
+        if sealed is not None:
+            state.writer, pub.sealed = sealed, True
+        else:
+            # Nothing durable to finish from: the session takes bytes again from before the last
+            # chunk, which the retry sends again.
+            writer.abandon()
+            state.size, state.hash, state.publishing = pub.size_before, pub.hash_before, None
+        self._save(state)
 
     def _verify(self, state: UploadState, writer: AppendWriter, digest: Digest, actual: Digest) -> None:
         if actual != digest:

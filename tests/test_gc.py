@@ -411,3 +411,22 @@ def test_schedule_runs_once_per_interval_across_processes(tmp_path):
     assert first.run_if_due() is True
     assert second.run_if_due() is False  # another process ran it a moment ago
     assert not driver.exists(paths.blob_data(Digest.parse(digest)))
+
+
+def test_a_head_renews_an_old_link_and_a_doomed_one_is_gone_for_new_clients(tmp_path):
+    driver = FilesystemDriver(tmp_path / "data")
+    settings = make_settings(tmp_path / "data", gc=GcSettings(grace=0.2))  # renewed after 0.1 s
+    api = Api(testing.TestClient(create_app(settings, driver=driver)), tmp_path)
+    digest = api.push_blob("team/app", os.urandom(10))
+    link = paths.layer_link("team/app", Digest.parse(digest))
+    before = driver.stat(link)
+    time.sleep(0.15)
+    assert api.request("HEAD", f"/v2/team/app/blobs/{digest}").status_code == 200
+    assert driver.stat(link).version != before.version  # renewed: the grace starts again
+    # A collection announced it: a new client is told it is not there (and uploads it).
+    driver.write_bytes(paths.GC_STATE, b'{"counter": 7, "active": true, "run": "r"}')
+    driver.write_bytes(
+        paths.doom_list("team/app"), json.dumps({"run": "r", "links": [digest], "manifests": []}).encode()
+    )
+    time.sleep(0.15)
+    assert api.request("HEAD", f"/v2/team/app/blobs/{digest}").status_code == 404

@@ -106,6 +106,17 @@ def test_truncated_small_reads_are_read_again(reg, faults):
     assert injected(faults) == [1, 1, 1]
 
 
+def test_a_missing_small_object_whose_answer_breaks_is_read_again(reg, faults):
+    """A read of an object that is not there (the garbage collection state, read by every
+    closing PUT, usually is not) gets a 404 whose body botocore reads itself: a connection that
+    breaks then is read again, not a 500."""
+    faults.set([{"op": "GetObject", "key": r"gc/state$", "action": "reset_mid_response", "nth": [1, 2]}])
+    data = pattern(1000)
+    r = reg.request("POST", f"/v2/f/missing/blobs/uploads/?digest={digest_of(data)}", body=data)
+    assert r.status_code == 201, r.text
+    assert injected(faults) == [2]
+
+
 def test_a_small_read_that_keeps_breaking_is_503(reg, faults):
     reg.push_image("f/broken")
     faults.set([{"op": "GetObject", "key": r"_tags/latest$", "action": "truncate"}])

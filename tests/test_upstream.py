@@ -11,6 +11,7 @@ from settings import Settings, SettingsError
 from tests.upstream_fakes import StaticRegistry, TokenGate
 from upstream.client import UpstreamClient, UpstreamUnavailable, new_pools
 from upstream.config import UpstreamConfigError, UpstreamSettings, parse_registries
+from upstream.routing import Routes
 from upstream.tokens import Challenge, TokenCache, parse_challenges
 
 USERS = {"puller": "pull-s3cret"}
@@ -28,7 +29,7 @@ def test_registries_json_parsed_in_order_with_credentials_from_env():
         ]
     )
     ghcr, hub, local = parse_registries(raw, {"GHCR_TOKEN": "t0ken"})
-    assert (ghcr.base_url, ghcr.prefix, ghcr.username, ghcr.password) == (
+    assert (ghcr.base_url, ghcr.path_prefix, ghcr.username, ghcr.password) == (
         "https://ghcr.io",
         "acme",
         "bot",
@@ -39,7 +40,7 @@ def test_registries_json_parsed_in_order_with_credentials_from_env():
     assert hub.base_url == "https://registry-1.docker.io"
     assert hub.remote_name("alpine") == "library/alpine"
     assert hub.remote_name("grafana/grafana") == "grafana/grafana"
-    assert (local.base_url, local.prefix, local.username) == ("http://127.0.0.1:5001", "", None)
+    assert (local.base_url, local.path_prefix, local.username) == ("http://127.0.0.1:5001", "", None)
     assert local.remote_name("alpine") == "alpine"
 
 
@@ -207,3 +208,71 @@ def test_unreachable_upstream_raises_quickly():
     client = _client("http://127.0.0.1:9", username=None)  # discard port: nothing listens
     with pytest.raises(UpstreamUnavailable):
         _get(client)
+
+
+# -- mirror settings (issue #13) ---------------------------------------------------------------
+
+
+def test_prefixes_map_names_to_their_upstream():
+    raw = json.dumps(
+        [
+            {"registry": "https://index.docker.io", "prefix": "dockerhub"},
+            {"registry": "https://ghcr.io/acme", "prefix": "/mirror/ghcr/"},
+            {"registry": "https://quay.io", "prefix": "mirror"},
+            {"registry": "https://registry.internal"},
+        ]
+    )
+    registries = parse_registries(raw, {})
+    assert [r.namespace for r in registries] == ["dockerhub", "mirror/ghcr", "mirror", ""]
+    routes = Routes([UpstreamClient(r, new_pools(), SETTINGS, TokenCache()) for r in registries])
+
+    def where(name: str) -> list[tuple[str, str]]:
+        return [
+            (r.client.registry.host, r.client.registry.remote_name(r.name)) for r in routes.for_name(name)
+        ]
+
+    assert where("dockerhub/library/alpine") == [("registry-1.docker.io", "library/alpine")]
+    assert where("dockerhub/alpine") == [("registry-1.docker.io", "library/alpine")]  # Hub's rule
+    assert where("mirror/ghcr/tools/cli") == [("ghcr.io", "acme/tools/cli")]  # the longest prefix
+    assert where("mirror/coreos/etcd") == [("quay.io", "coreos/etcd")]
+    assert where("library/alpine") == [("registry.internal", "library/alpine")]
+    assert where("dockerhubx/alpine") == [("registry.internal", "dockerhubx/alpine")]
+    assert where("dockerhub") == [("registry.internal", "dockerhub")]  # the prefix is no repository
+    only_prefixed = Routes([UpstreamClient(registries[0], new_pools(), SETTINGS, TokenCache())])
+    assert only_prefixed.for_name("library/alpine") == []
+
+
+@pytest.mark.parametrize("prefix", ["", "/", "Docker", "a//b", "-hub", "hub/", "hub/../x", 7, ["hub"]])
+def test_bad_prefixes_are_a_clear_error(prefix):
+    if prefix == "hub/":  # trailing and leading slashes are forgiven
+        assert parse_registries(json.dumps([{"registry": "https://x.io", "prefix": prefix}]), {})
+        return
+    with pytest.raises(UpstreamConfigError, match="'prefix' must be the start of repository names"):
+        parse_registries(json.dumps([{"registry": "https://x.io", "prefix": prefix}]), {})
+
+
+def test_mirror_settings_from_the_environment():
+    defaults = Settings.from_env({})
+    assert (defaults.upstream.tag_ttl, defaults.upstream.max_concurrency) == (300.0, 32)
+    assert defaults.upstream.token_dir is not None and defaults.upstream.token_dir.is_absolute()
+    assert defaults.allow_sparse_index is False
+    settings = Settings.from_env(
+        {
+            "REGISTRY_UPSTREAM_TAG_TTL": "0",
+            "REGISTRY_UPSTREAM_MAX_CONCURRENCY": "4",
+            "REGISTRY_UPSTREAM_TOKEN_DIR": "/run/berth/tokens",
+            "REGISTRY_ALLOW_SPARSE_INDEX": "true",
+        }
+    )
+    assert (settings.upstream.tag_ttl, settings.upstream.max_concurrency) == (0.0, 4)
+    assert str(settings.upstream.token_dir) == "/run/berth/tokens"
+    assert settings.allow_sparse_index is True
+    for name, value in [
+        ("REGISTRY_UPSTREAM_TAG_TTL", "-1"),
+        ("REGISTRY_UPSTREAM_TAG_TTL", "5m"),
+        ("REGISTRY_UPSTREAM_MAX_CONCURRENCY", "0"),
+        ("REGISTRY_UPSTREAM_TOKEN_DIR", "relative/dir"),
+        ("REGISTRY_ALLOW_SPARSE_INDEX", "sometimes"),
+    ]:
+        with pytest.raises(SettingsError, match=name):
+            Settings.from_env({name: value})

@@ -5,12 +5,15 @@ a thread of the test process (so tests can count and inspect what reached it):
   chunks streamed as they come (chunked, unless the handler gives a Content-Length), so a test
   can play an upstream whose body never ends or trickles;
 - `StaticRegistry` serves manifests and blobs from dicts, optionally behind Basic auth, and can
-  corrupt blobs or redirect blob GETs to another origin;
+  corrupt blobs, redirect blob GETs to another origin, fail every content request with a given
+  status (and headers: a 429's Retry-After), slow its manifest HEADs down and hold blob GETs
+  (counting how many are in flight at once);
 - `TokenGate` puts Docker's Bearer token flow in front of any registry: its `/v2/` and content
   routes answer 401 with a Bearer challenge, its `/token` realm issues tokens (OAuth2 POST form
   and GET with Basic), and it forwards authorised reads to the registry behind it. Blob GETs are
   redirected to a second port ("storage"), which must never see an Authorization header;
 - `Redirector` sends every content request to another origin;
+- `SwitchProxy` stands in front of a real registry and answers 429, or slows HEADs, on cue;
 - `registry(routes)` is an anonymous upstream answering from a route table, and `endless()` /
   `trickle()` make bodies that never end or arrive a byte at a time (each capped, so that code
   without bounds fails a test instead of hanging it).
@@ -21,15 +24,17 @@ a thread of the test process (so tests can count and inspect what reached it):
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import re
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import requests
 from falcon import testing
@@ -71,6 +76,12 @@ def nothing_stored(driver, name: str, digest: str) -> bool:
     )
 
 
+class _Server(ThreadingHTTPServer):
+    # Tests open dozens of connections at once: the default listen backlog of 5 drops some,
+    # and a dropped SYN is retried only after a second (a connect timeout on a busy machine).
+    request_queue_size = 256
+
+
 class HttpServer:
     """A threaded HTTP/1.1 server on 127.0.0.1 calling `handler(method, path, query, headers,
     body)`; every request is recorded in `requests` as (method, path, headers), and the body
@@ -83,8 +94,18 @@ class HttpServer:
         self.broken = 0  # streamed bodies cut short by the client
         outer = self
 
+        self.connections: set = set()  # open client sockets: stop() cuts keep-alive ones too
+
         class _H(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                outer.connections.add(self.connection)
+
+            def finish(self) -> None:
+                outer.connections.discard(self.connection)
+                super().finish()
 
             def _serve(self) -> None:
                 parts = urlsplit(self.path)
@@ -128,7 +149,7 @@ class HttpServer:
             def log_message(self, *args) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _H)
+        self.server = _Server(("127.0.0.1", 0), _H)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
@@ -138,8 +159,12 @@ class HttpServer:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
     def stop(self) -> None:
+        """Stop listening and cut the connections clients keep alive: stopped, as a process is."""
         self.server.shutdown()
         self.server.server_close()
+        for sock in list(self.connections):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 def _basic_ok(headers: dict[str, str], users: dict[str, str]) -> str | None:
@@ -166,7 +191,40 @@ class StaticRegistry(HttpServer):
         self.corrupt: set[str] = set()
         self.redirect_blobs_to: str | None = None  # base URL of another origin
         self.fail_with: int | None = None  # answer every content request with this status
+        self.fail_headers: dict[str, str] = {}  # and these headers (Retry-After...)
+        self.head_delay = 0.0  # seconds every manifest HEAD waits before it is answered
+        self.hold_blobs: threading.Event | None = None  # blob GETs wait for it (at most 10 s)
+        self.in_flight = self.max_in_flight = 0
+        self._flight_lock = threading.Lock()
         super().__init__(self._handle)
+
+    def count(self, method: str, fragment: str) -> int:
+        """Requests so far with `method` whose path contains `fragment`."""
+        return sum(1 for m, p, _ in list(self.requests) if m == method and fragment in p)
+
+    def add_image(self, name: str, tag: str | None, layer_size: int = 512) -> tuple[str, bytes]:
+        """A small OCI image (config and one layer) under `name`, tagged `tag` (moving the tag if
+        it exists); returns (manifest digest, manifest bytes)."""
+        config = json.dumps({"architecture": "amd64", "os": "linux", "n": secrets.token_hex(8)}).encode()
+        layer = secrets.token_bytes(layer_size)
+        doc = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": self.add_blob(name, config),
+                "size": len(config),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": self.add_blob(name, layer),
+                    "size": len(layer),
+                }
+            ],
+        }
+        body = json.dumps(doc, indent=1).encode()
+        return self.add_manifest(name, tag, body, doc["mediaType"]), body
 
     def add_blob(self, name: str, data: bytes) -> str:
         digest = sha256(data)
@@ -194,8 +252,19 @@ class StaticRegistry(HttpServer):
         if not match or method not in ("GET", "HEAD"):
             return _json(405 if match else 404, {"errors": [{"code": "UNSUPPORTED"}]})
         if self.fail_with:
-            return _json(self.fail_with, {"errors": [{"code": "UNAVAILABLE"}]})
+            return _json(self.fail_with, {"errors": [{"code": "UNAVAILABLE"}]}, self.fail_headers)
         name, kind, ref = match.groups()
+        if kind == "manifests" and method == "HEAD" and self.head_delay:
+            time.sleep(self.head_delay)
+        if kind == "blobs" and method == "GET" and self.hold_blobs is not None:
+            with self._flight_lock:
+                self.in_flight += 1
+                self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            try:
+                self.hold_blobs.wait(10)
+            finally:
+                with self._flight_lock:
+                    self.in_flight -= 1
         if kind == "manifests":
             found = self.manifests.get((name, ref))
             if found is None:
@@ -346,3 +415,45 @@ def registry(routes: dict[str, object]) -> HttpServer:
         return found() if callable(found) else found
 
     return HttpServer(handle)
+
+
+class SwitchProxy(HttpServer):
+    """A reverse proxy in front of a real registry (`target`), for the tests that need it to
+    misbehave on cue: `mode = "429"` answers every request 429 with `retry_after`, and
+    `head_delay` slows manifest HEADs down. The client's Host header is passed on, so a token
+    realm the registry builds from it points back through the proxy. Every request it saw is in
+    `requests`; bodies are read whole (the tests' images are small)."""
+
+    _HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "accept-encoding"})
+    _KEEP = (
+        "Content-Type",
+        "Content-Length",
+        "Docker-Content-Digest",
+        "Docker-Distribution-API-Version",
+        "WWW-Authenticate",
+        "Location",
+        "Retry-After",
+    )
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.mode = "pass"
+        self.retry_after = 60
+        self.head_delay = 0.0
+        super().__init__(self._handle)
+
+    def count(self, method: str, fragment: str) -> int:
+        return sum(1 for m, p, _ in list(self.requests) if m == method and fragment in p)
+
+    def _handle(self, method, path, query, headers, body):
+        if self.mode == "429" and path != "/v2/":
+            return _json(
+                429, {"errors": [{"code": "TOOMANYREQUESTS"}]}, {"Retry-After": str(self.retry_after)}
+            )
+        if method == "HEAD" and "/manifests/" in path and self.head_delay:
+            time.sleep(self.head_delay)
+        query_string = urlencode(query, doseq=True)
+        url = f"{self.target}{path}" + (f"?{query_string}" if query_string else "")
+        sent = {k: v for k, v in headers.items() if k not in self._HOP}
+        r = requests.request(method, url, headers=sent, data=body or None, allow_redirects=False, timeout=30)
+        return r.status_code, {k: r.headers[k] for k in self._KEEP if k in r.headers}, r.content

@@ -8,6 +8,8 @@ gevent's monkey-patched sockets, and streams bodies with bounded memory.
 
 from __future__ import annotations
 
+import logging
+import time
 from urllib.parse import urljoin
 
 import urllib3
@@ -16,6 +18,7 @@ from urllib3.exceptions import HTTPError
 from upstream import bodies
 from upstream.config import UpstreamRegistry, UpstreamSettings
 from upstream.origins import OriginPolicy, Pools, TargetRefused, describe, new_pools, origin_of
+from upstream.pacing import retry_after_seconds
 from upstream.tokens import (
     Challenge,
     TokenCache,
@@ -25,16 +28,27 @@ from upstream.tokens import (
     parse_challenges,
 )
 
+log = logging.getLogger("berth.upstream")
+
 MAX_REDIRECTS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _UNKNOWN = Challenge("unknown")  # not pinged yet (None means: no authentication needed)
 
-__all__ = ["UpstreamClient", "UpstreamUnavailable", "new_pools"]
+__all__ = ["UpstreamClient", "UpstreamThrottled", "UpstreamUnavailable", "new_pools"]
 
 
 class UpstreamUnavailable(Exception):
     """The upstream could not answer: unreachable, timed out, failing, refused our login, sent
     Berth somewhere it may not go, or broke a size or time bound."""
+
+
+class UpstreamThrottled(UpstreamUnavailable):
+    """The upstream answered 429 (too many requests), now or recently: nothing is sent to it
+    until its Retry-After has passed."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class UpstreamClient:
@@ -51,7 +65,9 @@ class UpstreamClient:
         self._policy = OriginPolicy(registry, pools)
         self._timeout = urllib3.Timeout(connect=settings.connect_timeout, read=settings.read_timeout)
         self._tokens = tokens
+        self._token_key = f"{registry.base_url} {registry.username or ''}"  # one account's tokens
         self._challenge: Challenge | None = _UNKNOWN
+        self._quiet_until = 0.0  # monotonic: no requests before (an answered 429's Retry-After)
 
     def request(
         self, method: str, name: str, path: str, headers: dict[str, str] | None = None
@@ -62,6 +78,9 @@ class UpstreamClient:
         remote = self.registry.remote_name(name)
         url = f"{self.registry.base_url}/v2/{remote}/{path}"
         scope = f"repository:{remote}:pull"
+        left = self._quiet_until - time.monotonic()
+        if left > 0:
+            raise UpstreamThrottled(f"{self.registry.url}: backing off for {left:.0f} s after a 429", left)
         try:
             response = self._send(method, url, headers or {}, self._authorization(scope, renew=False))
             if response.status != 401:
@@ -69,7 +88,7 @@ class UpstreamClient:
             # The token expired early or was revoked, or the upstream changed its mind about
             # how to authenticate: negotiate again once.
             self.discard(response)
-            self._tokens.invalidate(self.registry.base_url, scope)
+            self._tokens.invalidate(self._token_key, scope)
             return self._send(method, url, headers or {}, self._authorization(scope, renew=True))
         except HTTPError as exc:
             raise UpstreamUnavailable(f"{self.registry.url}: {type(exc).__name__}: {exc}") from None
@@ -115,11 +134,13 @@ class UpstreamClient:
             if self.registry.username is None:
                 raise UpstreamAuthError(f"{self.registry.url} wants credentials and none are configured")
             return basic_header(self.registry.username, self.registry.password or "")
-        key = self.registry.base_url
-        token = None if renew else self._tokens.get(key, scope)
+        key = self._token_key
+        # After a 401 the refused token was invalidated (here and in the shared files), so a
+        # token found now is a newer one another greenlet or worker negotiated meanwhile.
+        token = self._tokens.get(key, scope)
         if token is None:
             with self._tokens.lock(key, scope):
-                token = None if renew else self._tokens.get(key, scope)  # another greenlet's
+                token = self._tokens.get(key, scope)  # another greenlet's or worker's
                 if token is None:
                     token, expires_in = fetch_token(self, challenge, scope)
                     self._tokens.put(key, scope, token, expires_in)
@@ -164,6 +185,8 @@ class UpstreamClient:
                 redirect=False,
                 preload_content=False,
             )
+            if response.status == 429:
+                self._throttled(response)
             location = response.headers.get("Location")
             if response.status not in _REDIRECTS or not location:
                 return response
@@ -177,3 +200,16 @@ class UpstreamClient:
             url = target
         where = describe(origin_of(url))
         raise TargetRefused(f"{self.registry.url}: more than {MAX_REDIRECTS} redirects (last to {where})")
+
+    def _throttled(self, response: urllib3.BaseHTTPResponse) -> None:
+        """A 429: keep quiet for its Retry-After (every request of this process to this
+        upstream fails at once meanwhile; a stored tag is served, a miss answered 429)."""
+        wait = retry_after_seconds(response.headers.get("Retry-After"))
+        self.discard(response)
+        self._quiet_until = max(self._quiet_until, time.monotonic() + wait)
+        log.warning(
+            "upstream %s answered 429 (too many requests): nothing sent to it for %.0f s",
+            self.registry.url,
+            wait,
+        )
+        raise UpstreamThrottled(f"{self.registry.url}: answered 429", wait)

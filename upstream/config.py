@@ -10,18 +10,24 @@ The format is serverless-registry's, so a configuration moves over unchanged:
 Credentials never appear in the JSON itself: `password_env` names the variable that holds the
 password or token, so the JSON can sit in a config file or a process listing without leaking.
 
-Berth's own optional keys: `redirect_hosts`, the hosts besides the upstream's own origin that
-its redirects may lead to (object stores, CDNs), and `allow_private_redirects`, which lets those
-hosts (and a token realm on another origin) be on loopback, link-local or private addresses.
+Berth's own optional keys: `prefix`, a namespace in Berth that belongs to this upstream
+(`"prefix": "dockerhub"` serves Berth's `dockerhub/library/alpine` from the upstream's
+`library/alpine`, and only names under it go there); `redirect_hosts`, the hosts besides the
+upstream's own origin that its redirects may lead to (object stores, CDNs); and
+`allow_private_redirects`, which lets those hosts (and a token realm on another origin) be on
+loopback, link-local or private addresses.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 # Docker Hub answers the API on registry-1.docker.io whatever name users know it by.
@@ -36,8 +42,12 @@ DOCKER_HUB_REDIRECT_HOSTS = (
     "*.docker.com",
     "docker-images-prod.6aa30f8b08e16409b46e0173d6de2f56.r2.cloudflarestorage.com",
 )
-_KEYS = frozenset({"registry", "username", "password_env", "redirect_hosts", "allow_private_redirects"})
+_KEYS = frozenset(
+    {"registry", "username", "password_env", "prefix", "redirect_hosts", "allow_private_redirects"}
+)
 _LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
+# A repository name's components (storage/digests.py): a prefix is one or more of them.
+_NAMESPACE = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*")
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 
@@ -76,11 +86,12 @@ class UpstreamRegistry:
     url: str  # as configured, for logs and messages (never holds credentials)
     scheme: str
     host: str  # host[:port] of the API
-    prefix: str  # path prefix kept in front of repository names ("" or "some/prefix")
+    path_prefix: str  # the URL's path, kept in front of names upstream ("" or "some/prefix")
     username: str | None = None
     password: str | None = field(default=None, repr=False)  # never printed: settings may be logged
     redirect_hosts: tuple[HostPattern, ...] = ()  # besides the upstream's own origin
     allow_private_redirects: bool = False  # those hosts may be on loopback/private addresses
+    namespace: str = ""  # the entry's `prefix`: Berth's names under it, and only those, go here
 
     @property
     def base_url(self) -> str:
@@ -91,11 +102,17 @@ class UpstreamRegistry:
         return self.host == DOCKER_HUB_API
 
     def remote_name(self, name: str) -> str:
-        """The repository name upstream for local `name`: prefix kept, and Docker Hub's
+        """The repository name upstream for `name` (a local name with the entry's namespace
+        already taken off, see routing.py): the URL's path kept in front, and Docker Hub's
         official images live under `library/`."""
-        if self.is_docker_hub and not self.prefix and "/" not in name:
+        if self.is_docker_hub and not self.path_prefix and "/" not in name:
             name = f"library/{name}"
-        return f"{self.prefix}/{name}" if self.prefix else name
+        return f"{self.path_prefix}/{name}" if self.path_prefix else name
+
+
+def default_token_dir() -> Path:
+    """Where the workers of this machine's Berths (of one OS user) share upstream tokens."""
+    return Path(tempfile.gettempdir()) / f"berth-{os.getuid()}-upstream-tokens"
 
 
 @dataclass(frozen=True)
@@ -105,6 +122,11 @@ class UpstreamSettings:
     read_timeout: float = 30.0  # REGISTRY_UPSTREAM_READ_TIMEOUT: each read; see body_seconds
     min_rate: int = 128 * 1024  # REGISTRY_UPSTREAM_MIN_RATE: bytes per second, on average
     max_blob_bytes: int = 16 * GiB  # REGISTRY_UPSTREAM_MAX_BLOB_BYTES
+    tag_ttl: float = 300.0  # REGISTRY_UPSTREAM_TAG_TTL: seconds a pulled tag is served unchecked
+    max_concurrency: int = 32  # REGISTRY_UPSTREAM_MAX_CONCURRENCY: upstream requests per worker
+    # REGISTRY_UPSTREAM_TOKEN_DIR: tokens shared by worker processes; None keeps them in memory
+    # (what tests that build settings by hand get).
+    token_dir: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> UpstreamSettings:
@@ -114,6 +136,9 @@ class UpstreamSettings:
             read_timeout=_seconds(env, "REGISTRY_UPSTREAM_READ_TIMEOUT", 30.0),
             min_rate=_count(env, "REGISTRY_UPSTREAM_MIN_RATE", 128 * 1024, 1024, GiB),
             max_blob_bytes=_count(env, "REGISTRY_UPSTREAM_MAX_BLOB_BYTES", 16 * GiB, MiB, 1 << 50),
+            tag_ttl=float(_count(env, "REGISTRY_UPSTREAM_TAG_TTL", 300, 0, 366 * 86400)),
+            max_concurrency=_count(env, "REGISTRY_UPSTREAM_MAX_CONCURRENCY", 32, 1, 10_000),
+            token_dir=_token_dir(env),
         )
 
     def body_seconds(self, size: int) -> float:
@@ -129,6 +154,15 @@ def _count(env: Mapping[str, str], name: str, default: int, lowest: int, highest
     if not raw.isdigit() or not lowest <= int(raw) <= highest:
         raise UpstreamConfigError(f"{name} must be a whole number from {lowest} to {highest}, not {raw!r}")
     return int(raw)
+
+
+def _token_dir(env: Mapping[str, str]) -> Path:
+    raw = env.get("REGISTRY_UPSTREAM_TOKEN_DIR", "").strip()
+    if not raw:
+        return default_token_dir()
+    if not os.path.isabs(raw):
+        raise UpstreamConfigError(f"REGISTRY_UPSTREAM_TOKEN_DIR must be an absolute path, not {raw!r}")
+    return Path(raw)
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
@@ -168,7 +202,7 @@ def _registry(entry: object, index: int, env: Mapping[str, str]) -> UpstreamRegi
     if not isinstance(url, str) or not url.strip():
         raise UpstreamConfigError(f"{where} needs a 'registry' URL")
     url = url.strip()
-    scheme, host, prefix = _split_url(url, where)
+    scheme, host, path_prefix = _split_url(url, where)
     username, password_env = entry.get("username"), entry.get("password_env")
     if (username is None) != (password_env is None):
         raise UpstreamConfigError(f"{where}: 'username' and 'password_env' must be given together")
@@ -190,7 +224,23 @@ def _registry(entry: object, index: int, env: Mapping[str, str]) -> UpstreamRegi
     allow_private = entry.get("allow_private_redirects", False)
     if not isinstance(allow_private, bool):
         raise UpstreamConfigError(f"{where}: 'allow_private_redirects' must be true or false")
-    return UpstreamRegistry(url, scheme, host, prefix, username, password, redirect_hosts, allow_private)
+    namespace = _namespace(entry.get("prefix"), where)
+    return UpstreamRegistry(
+        url, scheme, host, path_prefix, username, password, redirect_hosts, allow_private, namespace
+    )
+
+
+def _namespace(value: object, where: str) -> str:
+    """An entry's `prefix`: one or more repository name components (`dockerhub`, `mirror/ghcr`)."""
+    if value is None:
+        return ""
+    text = value.strip().strip("/") if isinstance(value, str) else None
+    if not text or not _NAMESPACE.fullmatch(text) or len(text) > 200:
+        raise UpstreamConfigError(
+            f"{where}: 'prefix' must be the start of repository names, like 'dockerhub' or "
+            f"'mirror/ghcr' (lower-case letters, digits, '.', '_', '-', and '/' between parts), not {value!r}"
+        )
+    return text
 
 
 def _redirect_hosts(value: object, where: str) -> tuple[HostPattern, ...] | None:

@@ -24,7 +24,7 @@ import errno
 import hashlib
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import urllib3
 from urllib3.exceptions import HTTPError
@@ -71,6 +71,7 @@ class BlobRelay:
         size: int | None,
         limit: int,
         settings: UpstreamSettings,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
         self._registry = registry
         self._source = source
@@ -80,14 +81,19 @@ class BlobRelay:
         self._size = size  # the upstream's Content-Length, if it sent one
         self._limit = limit  # == size when known
         self._settings = settings
+        self._on_close = on_close  # gives back the upstream request slot (pacing.py)
         self._chunks = self._relay()
 
     def __iter__(self) -> Iterator[bytes]:
         return self._chunks
 
     def close(self) -> None:
-        self._chunks.close()  # runs the generator's cleanup if it started
-        self._response.close()  # and drops the upstream connection if it never did
+        try:
+            self._chunks.close()  # runs the generator's cleanup if it started
+            self._response.close()  # and drops the upstream connection if it never did
+        finally:
+            if self._on_close is not None:
+                self._on_close()
 
     def _relay(self) -> Iterator[bytes]:
         driver = self._registry.driver

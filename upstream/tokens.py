@@ -5,19 +5,23 @@ credentials with every request) or `Bearer realm=...,service=...` (ask the realm
 for a scope such as `repository:library/alpine:pull`, then send `Authorization: Bearer`).
 Tokens are asked for with the OAuth2 form POST first (what containerd does; it is the only form
 some realms accept for passwords), falling back to GET with Basic credentials (the older form
-every realm speaks). They are cached per upstream and scope until shortly before they expire:
-serverless-registry asks for a new one on every request, which rate-limited realms punish.
+every realm speaks). They are cached per upstream account and scope until shortly before they
+expire: serverless-registry asks for a new one on every request, which rate-limited realms
+punish. The cache is in memory and, when a token directory is configured, in files every worker
+process shares (token_files.py), so a cold instance asks once, not once per worker.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import hashlib
 import json
 import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import urlencode, urlsplit
@@ -25,6 +29,7 @@ from urllib.parse import urlencode, urlsplit
 import urllib3
 
 from upstream.config import UpstreamRegistry
+from upstream.token_files import TokenFiles
 
 log = logging.getLogger("berth.upstream")
 
@@ -76,35 +81,71 @@ def basic_header(username: str, password: str) -> str:
 
 
 class TokenCache:
-    """Bearer tokens per (upstream, scope), each dropped `margin` seconds before it expires so a
-    token never runs out between being read here and reaching the upstream."""
+    """Bearer tokens per (upstream account, scope), each dropped `margin` seconds before it
+    expires so a token never runs out between being read here and reaching the upstream. With
+    `files`, tokens are also shared with the other worker processes (token_files.py)."""
 
-    def __init__(self, margin: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        margin: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+        files: TokenFiles | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._guard = threading.Lock()
         self._margin = margin
         self._clock = clock
+        self._files = files
+        self._wall_clock = wall_clock
 
     def get(self, upstream: str, scope: str) -> str | None:
         entry = self._tokens.get((upstream, scope))
-        if entry is None or entry[1] <= self._clock():
+        if entry is not None and entry[1] > self._clock():
+            return entry[0]
+        if self._files is None:
             return None
-        return entry[0]
+        shared = self._files.read(_file_key(upstream, scope))
+        if shared is None:
+            return None
+        token, expires = shared
+        left = expires - self._wall_clock()
+        if left <= 0:
+            return None
+        self._tokens[(upstream, scope)] = (token, self._clock() + left)
+        return token
 
     def put(self, upstream: str, scope: str, token: str, expires_in: float) -> None:
         # Short-lived tokens are still cached for at least half their life.
         keep = max(expires_in - self._margin, expires_in / 2)
         self._tokens[(upstream, scope)] = (token, self._clock() + keep)
+        if self._files is not None:
+            self._files.write(_file_key(upstream, scope), token, self._wall_clock() + keep)
 
     def invalidate(self, upstream: str, scope: str) -> None:
-        self._tokens.pop((upstream, scope), None)
+        entry = self._tokens.pop((upstream, scope), None)
+        if entry is not None and self._files is not None:
+            self._files.remove(_file_key(upstream, scope), entry[0])
 
-    def lock(self, upstream: str, scope: str) -> threading.Lock:
+    @contextlib.contextmanager
+    def lock(self, upstream: str, scope: str) -> Iterator[None]:
         """One negotiation at a time per key: concurrent pulls wait for the first one's token
-        instead of each asking the realm (threading is gevent's under gunicorn)."""
+        instead of each asking the realm; in this process (threading is gevent's under
+        gunicorn), and across the worker processes sharing the token files."""
         with self._guard:
-            return self._locks.setdefault((upstream, scope), threading.Lock())
+            in_process = self._locks.setdefault((upstream, scope), threading.Lock())
+        with in_process:
+            if self._files is None:
+                yield
+                return
+            with self._files.lock(_file_key(upstream, scope)):
+                yield
+
+
+def _file_key(upstream: str, scope: str) -> str:
+    # A fixed-length name that says nothing about the upstream to someone listing the directory.
+    return hashlib.sha256(f"{upstream}\n{scope}".encode()).hexdigest()
 
 
 class RealmTransport(Protocol):

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from storage.driver import (
     AppendWriter,
@@ -25,6 +25,7 @@ from storage.driver import (
     StorageFull,
 )
 
+T = TypeVar("T")
 TMP_PREFIX = ".tmp-"
 READ_BLOCK = 1024 * 1024
 _FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -56,17 +57,22 @@ def read_errors(key: str) -> Iterator[None]:
         raise StorageError(f"cannot read {key}: {exc.strerror or exc}") from exc
 
 
-def in_directory(directory: Path, action) -> None:
-    """Run `action` (which creates something in `directory`) after making the directory. Another
-    process may prune it as empty in between (deletes remove empty directories), so retry."""
-    for attempt in range(3):
-        directory.mkdir(parents=True, exist_ok=True)
+PRUNE_RETRIES = 10
+
+
+def in_directory(directory: Path, action) -> T:
+    """Run `action` (which creates something in `directory`) after making the directory, and
+    return what it returns. Another request may prune it, or a parent of it, as empty in
+    between (deletes remove the directories they leave empty, and garbage collection deletes
+    many): making it again and retrying is all it takes."""
+    for attempt in range(PRUNE_RETRIES):
         try:
-            action()
-            return
+            directory.mkdir(parents=True, exist_ok=True)  # a parent it makes may go at once too
+            return action()
         except FileNotFoundError:
-            if attempt == 2 or directory.exists():
+            if attempt == PRUNE_RETRIES - 1:
                 raise
+    raise AssertionError("unreachable")
 
 
 class RangeFile:
@@ -108,8 +114,7 @@ class FilesystemAppendWriter(AppendWriter):
         self._fresh = resume is None
         if resume is None:
             with write_errors(key):
-                self._path.parent.mkdir(parents=True, exist_ok=True)
-                self._fh = open(self._path, "wb", buffering=0)
+                self._fh = in_directory(self._path.parent, lambda: open(self._path, "wb", buffering=0))
             self._size = 0
         else:
             size = resume.get("size")

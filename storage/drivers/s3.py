@@ -16,6 +16,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from urllib3.exceptions import HTTPError
+
 from settings import S3Settings
 from storage.driver import (
     InvalidKey,
@@ -67,7 +69,9 @@ def _translate(exc: Exception, key: str) -> StorageError:
         if code in _THROTTLED or status in ("429", "503"):
             return BackendUnavailable(f"object store busy ({code or status})")
         return StorageError(f"object store error {code or status} on {key}")
-    if isinstance(exc, BotoCoreError):
+    if isinstance(exc, BotoCoreError | HTTPError):
+        # HTTPError: botocore reads an error answer's body itself, and lets a connection that
+        # breaks while it does (urllib3's ProtocolError) through unwrapped.
         return BackendUnavailable(f"object store unreachable: {type(exc).__name__}")
     return StorageError(str(exc))
 
@@ -78,7 +82,7 @@ def s3_errors(key: str) -> Iterator[None]:
 
     try:
         yield
-    except (ClientError, BotoCoreError) as exc:
+    except (ClientError, BotoCoreError, HTTPError) as exc:
         raise _translate(exc, key) from exc
 
 
@@ -203,17 +207,19 @@ class S3Driver(StorageDriver):
 
         object_key = self.object_key(key)
         for attempt in range(SMALL_READ_ATTEMPTS):
-            with s3_errors(key):
-                # Small objects carry a CRC32 (see write_bytes): botocore checks it as the body
-                # is read, so a corrupted read is read again rather than used.
-                response = self.client.get_object(Bucket=self.bucket, Key=object_key, ChecksumMode="ENABLED")
             try:
+                with s3_errors(key):
+                    # Small objects carry a CRC32 (see write_bytes): botocore checks it as the
+                    # body is read, so a corrupted read is read again rather than used.
+                    response = self.client.get_object(
+                        Bucket=self.bucket, Key=object_key, ChecksumMode="ENABLED"
+                    )
                 data = response["Body"].read()
                 expected = response.get("ContentLength")
                 if expected is not None and len(data) != int(expected):
                     raise BackendUnavailable(f"read {len(data)} of {expected} bytes")
                 return response, data
-            except (BotoCoreError, BackendUnavailable) as exc:
+            except (BotoCoreError, HTTPError, BackendUnavailable) as exc:
                 if attempt == SMALL_READ_ATTEMPTS - 1:
                     raise BackendUnavailable(
                         f"reading {key} failed {SMALL_READ_ATTEMPTS} times: {exc}"

@@ -3,6 +3,7 @@ skopeo/podman runners isolated from the machine's container state."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -21,8 +22,9 @@ class DockerDaemon(_Process):
 
     name = "dockerd"
 
-    def __init__(self, workdir: Path | None = None):
+    def __init__(self, workdir: Path | None = None, daemon_config: dict | None = None):
         super().__init__(workdir or short_tempdir("e2e-dockerd-"))
+        self.daemon_config = daemon_config or {}  # daemon.json (e.g. registry-mirrors)
         self.sock = self.workdir / "docker.sock"
         self.config_dir = self.workdir / "cli-config"
         self.config_dir.mkdir(exist_ok=True)
@@ -41,7 +43,7 @@ class DockerDaemon(_Process):
         # Debian's CLI matches the daemon; /usr/local/bin/docker may be another one.
         self.cli = require_binary("docker", "/usr/bin/docker")
         daemon_json = self.workdir / "daemon.json"
-        daemon_json.write_text("{}")
+        daemon_json.write_text(json.dumps(self.daemon_config))
         cmd = [
             dockerd,
             "--config-file",
