@@ -65,7 +65,6 @@ ORDER = [
             "refusals_slow",
             "refusals_after_wait",
             "retried_503",
-            "closing_put_404_after_503",
         ],
     ),
     ("deletes", ["tags_deleted", "manifests_deleted"]),
