@@ -5,6 +5,7 @@ from __future__ import annotations
 import falcon
 
 from errors import ManifestUnknown, Unsupported
+from observability import metrics
 from resources.http import read_small_body
 from storage.digests import validate_name
 from storage.manifests import ManifestInfo
@@ -45,12 +46,15 @@ class Manifest:
 
     def _resolve(self, name: str, reference: str) -> tuple[ManifestInfo, bytes | None]:
         try:
-            return self._registry.manifests.resolve(name, reference), None
+            info = self._registry.manifests.resolve(name, reference)
         except ManifestUnknown:
             if self._pull_through is None:
                 raise
             # Missing here: fetched upstream and stored (HEAD too, so the GET after is local).
             return self._pull_through.manifest(name, reference)
+        if self._pull_through is not None:
+            metrics.pullthrough("manifest", "hit")
+        return info, None
 
     def on_put(self, req: falcon.Request, resp: falcon.Response, name: str, reference: str) -> None:
         validate_name(name)

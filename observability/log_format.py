@@ -1,0 +1,62 @@
+"""How Berth's log lines look: readable text (the default) or one JSON object per line
+(REGISTRY_LOG_FORMAT=json), for the app's lines and gunicorn's alike, each with the id of the
+request it belongs to.
+
+JSON is written by python-json-logger (no hand-made escaping): the record's fields, the extra
+fields a line was logged with (the access line's method, route, status...), and a traceback as
+one string field, so every line stays one line. Text lines escape control characters in the
+access line's fields (a path may hold an encoded newline); other lines are the messages as
+logged. Standard library and python-json-logger only: the gunicorn master loads this module
+through `logconfig_dict` (gunicorn.conf.py)."""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+from typing import Any
+
+TEXT_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s [%(request_id)s] %(message)s"
+# Record attributes in every JSON line, renamed to what log pipelines expect.
+JSON_FIELDS = ["levelname", "name", "process", "message"]
+JSON_RENAMES = {"levelname": "level", "name": "logger", "process": "pid"}
+
+
+def json_formatter() -> logging.Formatter:
+    from pythonjsonlogger.json import JsonFormatter
+
+    return JsonFormatter(JSON_FIELDS, rename_fields=JSON_RENAMES, timestamp="time")
+
+
+def text_formatter() -> logging.Formatter:
+    return logging.Formatter(TEXT_FORMAT)
+
+
+def logging_config(log_format: str) -> dict[str, Any]:
+    """A dictConfig for gunicorn's `logconfig_dict` (which overlays it on gunicorn's defaults)
+    and for processes without gunicorn (the CLI, a bare WSGI server): everything to stderr
+    through one handler. gunicorn's error logger propagates to it (gunicorn's own handler is
+    dropped, its --log-level kept); gunicorn's access logger is not touched: off by default
+    (gunicorn.conf.py), Berth writes its own access line."""
+    factory = json_formatter if log_format == "json" else text_formatter
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"request_id": {"()": "observability.request_context.RequestIdFilter"}},
+        "formatters": {"berth": {"()": f"{__name__}.{factory.__name__}"}},
+        "handlers": {
+            "console": {
+                "class": "logging.StreamHandler",
+                "stream": "ext://sys.stderr",
+                "formatter": "berth",
+                "filters": ["request_id"],
+            },
+        },
+        "root": {"level": "INFO", "handlers": ["console"]},
+        "loggers": {"gunicorn.error": {"handlers": [], "propagate": True}},
+    }
+
+
+def configure(log_format: str) -> None:
+    """Set up logging as gunicorn.conf.py does, where gunicorn did not (root has no handler)."""
+    if not logging.getLogger().handlers:
+        logging.config.dictConfig(logging_config(log_format))
