@@ -77,7 +77,7 @@ class StorageUsage:
     def measure(self, repository: str | None = None) -> UsageReport:
         """Every repository and the whole store; or only `repository` (no store-wide figures,
         no exclusive bytes: those need every repository walked)."""
-        names = [repository] if repository is not None else self._registry.repositories()
+        names = [repository] if repository is not None else self._repositories()
         blobs: dict[str, _Blob] = {}
         report = UsageReport()
         missing: set[str] = set()
@@ -115,6 +115,17 @@ class StorageUsage:
             self._measure_store(report, blobs)
         report.repositories.sort(key=lambda u: (-u.bytes, u.name))
         return report
+
+    def _repositories(self):
+        """Every repository holding links, with or without a manifest (the catalog lists only
+        those with one; a push in progress has layers first)."""
+        pending = [c for c in self._driver.list_children(paths.REPOSITORIES) if not c.startswith("_")]
+        while pending:
+            name = pending.pop()
+            children = self._driver.list_children(paths.repository(name))
+            if "_layers" in children or "_manifests" in children:
+                yield name
+            pending.extend(f"{name}/{c}" for c in children if not c.startswith("_"))
 
     def _linked(self, name: str):
         """Digests of the blobs `name` links, each once (a manifest is also its own layer link
