@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from observability.instance_dir import MULTIPROC_ENV
@@ -36,5 +37,8 @@ class Scrape:
         if usage is not None:
             self._registry.register(UsageCollector(usage))
 
-    def __call__(self) -> bytes:
-        return generate_latest(self._registry)
+    def __call__(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The text format, or OpenMetrics when the scraper's Accept asks for it; and its
+        content type."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self._registry), content_type

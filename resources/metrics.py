@@ -13,7 +13,6 @@ import ipaddress
 from collections.abc import Callable
 
 import falcon
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from auth.client_address import TrustedProxies
 from errors import Denied, Unauthorized
@@ -26,7 +25,7 @@ class Metrics:
     scope = "public"  # the auth middleware lets it through: its own rules are below
 
     def __init__(
-        self, scrape: Callable[[], bytes], settings: ObservabilitySettings, proxies: TrustedProxies
+        self, scrape: Callable[[str | None], tuple[bytes, str]], settings: ObservabilitySettings, proxies: TrustedProxies
     ) -> None:
         self._scrape = scrape
         self._token = settings.metrics_token.encode() if settings.metrics_token else None
@@ -35,8 +34,7 @@ class Metrics:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         self._check(req)
-        resp.content_type = CONTENT_TYPE_LATEST
-        resp.data = self._scrape()
+        resp.data, resp.content_type = self._scrape(req.get_header("Accept"))
 
     def _check(self, req: falcon.Request) -> None:
         if self._allowed_address(self._proxies.client_address(req.env)):
