@@ -9,7 +9,7 @@ import falcon
 
 import resources.errors
 from auth.setup import build_auth
-from observability import instance_dir, log_format
+from observability import instance_dir, log_format, metrics
 from observability.metered_driver import MeteredDriver
 from observability.metered_pullthrough import MeteredPullThrough
 from observability.request_fields import RequestFields
@@ -62,6 +62,8 @@ def create_app(
     usage = UsageBoard(instance_dir.current()) if obs.usage_interval else None
     if obs.metrics_enabled:
         add_metrics_route(app, Metrics(Scrape(usage), obs, settings.trusted_proxies))
+    if background and obs.metrics_enabled:
+        metrics.PER_REQUEST.start_flushing()  # this worker's per-request totals, for scrapes
     if background and usage is not None:
         refresher = UsageRefresher(
             registry, usage, obs.usage_interval, obs.usage_top_repositories, instance_dir.current()

@@ -2,9 +2,10 @@
 (REGISTRY_LOG_FORMAT=json), for the app's lines and gunicorn's alike, each with the id of the
 request it belongs to.
 
-JSON is written by python-json-logger (no hand-made escaping): the record's fields, the extra
-fields a line was logged with (the access line's method, route, status...), and a traceback as
-one string field, so every line stays one line. Text lines escape control characters in the
+JSON is written by python-json-logger with orjson (no hand-made escaping; orjson halves the
+cost of a line against the standard json module): the record's fields, the extra fields a line
+was logged with (the access line's method, route, status...), and a traceback as one string
+field, so every line stays one line. Text lines escape control characters in the
 access line's fields (a path may hold an encoded newline); other lines are the messages as
 logged. Standard library and python-json-logger only: the gunicorn master loads this module
 through `logconfig_dict` (gunicorn.conf.py)."""
@@ -13,7 +14,10 @@ from __future__ import annotations
 
 import logging
 import logging.config
+from datetime import UTC, datetime
 from typing import Any
+
+from pythonjsonlogger.orjson import OrjsonFormatter
 
 TEXT_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s [%(request_id)s] %(message)s"
 # Record attributes in every JSON line, renamed to what log pipelines expect.
@@ -21,14 +25,42 @@ JSON_FIELDS = ["levelname", "name", "process", "message"]
 JSON_RENAMES = {"levelname": "level", "name": "logger", "process": "pid"}
 
 
-def json_formatter() -> logging.Formatter:
-    from pythonjsonlogger.json import JsonFormatter
+class BerthJsonFormatter(OrjsonFormatter):
+    """python-json-logger's formatter, with a shortcut through its `add_fields` hook for lines
+    that carry their fields ready-made in `record.fields` (the access line, one per request):
+    the same object, built without walking every attribute of the record."""
 
-    return JsonFormatter(JSON_FIELDS, rename_fields=JSON_RENAMES, timestamp="time")
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        fields = record.__dict__.get("fields")
+        if fields is None:
+            super().add_fields(log_data, record, message_dict)
+            return
+        log_data["level"] = record.levelname
+        log_data["logger"] = record.name
+        log_data["pid"] = record.process
+        log_data["message"] = record.message
+        log_data.update(fields)
+        log_data["request_id"] = record.__dict__.get("request_id")
+        log_data["time"] = datetime.fromtimestamp(record.created, tz=UTC)
+
+
+def json_formatter() -> logging.Formatter:
+    return BerthJsonFormatter(JSON_FIELDS, rename_fields=JSON_RENAMES, timestamp="time")
 
 
 def text_formatter() -> logging.Formatter:
     return logging.Formatter(TEXT_FORMAT)
+
+
+def skip_unused_record_fields() -> None:
+    """Neither format shows where a line was logged from, nor thread names (greenlets under
+    gevent): the logging HOWTO's "Optimization" settings turn their collection off, a few
+    microseconds of every line (every request writes one)."""
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logMultiprocessing = False
 
 
 def logging_config(log_format: str) -> dict[str, Any]:
@@ -37,6 +69,7 @@ def logging_config(log_format: str) -> dict[str, Any]:
     through one handler. gunicorn's error logger propagates to it (gunicorn's own handler is
     dropped, its --log-level kept); gunicorn's access logger is not touched: off by default
     (gunicorn.conf.py), Berth writes its own access line."""
+    skip_unused_record_fields()
     factory = json_formatter if log_format == "json" else text_formatter
     return {
         "version": 1,

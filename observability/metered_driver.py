@@ -27,12 +27,6 @@ T = TypeVar("T")
 
 
 class _Meter:
-    """Label children by (operation, outcome), looked up once each."""
-
-    def __init__(self) -> None:
-        self._counts: dict[tuple[str, str], Any] = {}
-        self._durations: dict[str, Any] = {}
-
     def call(self, operation: str, fn: Callable[..., T], *args: Any) -> T:
         started = perf_counter()
         outcome = "error"
@@ -53,19 +47,7 @@ class _Meter:
             outcome = "invalid_key"
             raise
         finally:
-            self._record(operation, outcome, perf_counter() - started)
-
-    def _record(self, operation: str, outcome: str, seconds: float) -> None:
-        counter = self._counts.get((operation, outcome))
-        if counter is None:
-            counter = self._counts[(operation, outcome)] = metrics.STORAGE_OPERATIONS.labels(
-                operation, outcome
-            )
-        duration = self._durations.get(operation)
-        if duration is None:
-            duration = self._durations[operation] = metrics.STORAGE_DURATION.labels(operation)
-        counter.inc()
-        duration.observe(seconds)
+            metrics.STORAGE_OPERATIONS.observe((operation, outcome), perf_counter() - started)
 
 
 class MeteredDriver(StorageDriver):

@@ -1,10 +1,11 @@
 """Every Prometheus metric Berth exports, declared once (deploy/grafana-dashboard.json and the
 README use these names), and the few helpers instrumented code calls.
 
-Under gunicorn every worker writes its values to memory-mapped files in the instance's
-directory (prometheus-client's multiprocess mode, PROMETHEUS_MULTIPROC_DIR, set up by
-gunicorn.conf.py) and a scrape, served by any worker, sums them (observability/scrape.py).
-Without it (tests, the CLI) the values live in this process's default registry.
+Under gunicorn every worker writes its values to files in the instance's directory
+(prometheus-client's multiprocess mode, PROMETHEUS_MULTIPROC_DIR, set up by gunicorn.conf.py;
+the per-request families through observability/hot_metrics.py) and a scrape, served by any
+worker, sums them (observability/scrape.py). Without it (tests, the CLI) the values live in
+this process.
 
 Labels are bounded: routes are URL templates (never repository names), methods a fixed set,
 statuses a class, operations and outcomes fixed lists. Repository names appear only on the
@@ -12,7 +13,13 @@ storage usage gauges, capped (observability/usage_gauges.py)."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from prometheus_client import Counter, Gauge, Histogram
+
+from observability.hot_metrics import Counters, Histograms, HotMetrics
+from observability.instance_dir import MULTIPROC_ENV
 
 # Request latency: from 1 ms (a manifest from the page cache) to 10 min (a layer at WAN speed).
 DURATION_BUCKETS = (
@@ -41,22 +48,37 @@ SIZE_BUCKETS = tuple(float(1024 * 4**i) for i in range(13))
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
-HTTP_REQUESTS = Counter(
+# The per-request families: kept by each worker in plain dicts, summed at scrape time
+# (observability/hot_metrics.py says why).
+HTTP_REQUESTS = Counters(
     "berth_http_requests",
-    "HTTP requests answered, by route template, method and status class (2xx, 4xx...)",
-    ["route", "method", "status_class"],
+    "HTTP requests answered, by route template, method and status class (2xx, 4xx...; none: "
+    "the connection ended before an answer)",
+    ("route", "method", "status_class"),
 )
-HTTP_DURATION = Histogram(
+HTTP_DURATION = Histograms(
     "berth_http_request_duration_seconds",
     "Time from a request's head being read to its last byte sent, by route template and method",
-    ["route", "method"],
-    buckets=DURATION_BUCKETS,
+    ("route", "method"),
+    DURATION_BUCKETS,
 )
-HTTP_RECEIVED = Counter(
-    "berth_http_received_bytes", "Request body bytes received (blob uploads, manifests)", ["route", "method"]
+HTTP_RECEIVED = Counters(
+    "berth_http_received_bytes", "Request body bytes received (blob uploads, manifests)", ("route", "method")
 )
-HTTP_SENT = Counter(
-    "berth_http_sent_bytes", "Response body bytes sent (blob and manifest downloads)", ["route", "method"]
+HTTP_SENT = Counters(
+    "berth_http_sent_bytes", "Response body bytes sent (blob and manifest downloads)", ("route", "method")
+)
+STORAGE_OPERATIONS = Histograms(
+    "berth_storage_operation_duration_seconds",
+    "Storage driver operations by operation and outcome (ok, not_found, busy, full, "
+    "invalid_key, error), with their latency (the driver's own retries included); _count "
+    "counts them",
+    ("operation", "outcome"),
+    STORAGE_BUCKETS,
+)
+PER_REQUEST = HotMetrics(
+    [HTTP_REQUESTS, HTTP_DURATION, HTTP_RECEIVED, HTTP_SENT, STORAGE_OPERATIONS],
+    Path(os.environ[MULTIPROC_ENV]) if os.environ.get(MULTIPROC_ENV) else None,
 )
 
 UPLOAD_REQUESTS_IN_FLIGHT = Gauge(
@@ -73,17 +95,6 @@ UPLOAD_SIZE = Histogram(
     "berth_upload_blob_size_bytes", "Sizes of the blobs whose upload completed", buckets=SIZE_BUCKETS
 )
 
-STORAGE_OPERATIONS = Counter(
-    "berth_storage_operations",
-    "Storage driver operations by operation and outcome (ok, not_found, busy, full, error)",
-    ["operation", "outcome"],
-)
-STORAGE_DURATION = Histogram(
-    "berth_storage_operation_duration_seconds",
-    "Storage driver operation latency (the driver's own retries included)",
-    ["operation"],
-    buckets=STORAGE_BUCKETS,
-)
 S3_REQUESTS = Counter(
     "berth_s3_requests",
     "Every HTTP attempt boto3 makes to the object store, by S3 operation and outcome "

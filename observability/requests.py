@@ -48,14 +48,16 @@ class RequestObserver:
         self._access = access
         self._metrics = record_metrics
         self._json = json_lines
-        # Label children by label values: labels() costs a lock and a dict lookup per call.
-        self._by_route: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
-        self._by_status: dict[tuple[str, str, str], Any] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RequestObserver:
         obs = settings.observability
         return cls(settings.trusted_proxies, obs.access_log, obs.metrics_enabled, obs.log_format == "json")
+
+    def flush(self) -> None:
+        """The worker is exiting: its last per-request totals, for the next scrape."""
+        if self._metrics:
+            metrics.PER_REQUEST.flush()
 
     # ------------------------------------------------------------------------------ begin
 
@@ -95,28 +97,15 @@ class RequestObserver:
             except ValueError:  # set in another context (cannot happen in the worker's loop)
                 REQUEST_ID.set("-")
 
-    def _record(
-        self, route: str, method: str, status: int, duration: float, received: int, sent: int
-    ) -> None:
-        children = self._by_route.get((route, method))
-        if children is None:
-            children = (
-                metrics.HTTP_DURATION.labels(route, method),
-                metrics.HTTP_RECEIVED.labels(route, method),
-                metrics.HTTP_SENT.labels(route, method),
-            )
-            self._by_route[(route, method)] = children
+    @staticmethod
+    def _record(route: str, method: str, status: int, duration: float, received: int, sent: int) -> None:
         status_class = f"{status // 100}xx" if status else "none"
-        counter = self._by_status.get((route, method, status_class))
-        if counter is None:
-            counter = metrics.HTTP_REQUESTS.labels(route, method, status_class)
-            self._by_status[(route, method, status_class)] = counter
-        counter.inc()
-        children[0].observe(duration)
+        metrics.HTTP_REQUESTS.inc((route, method, status_class))
+        metrics.HTTP_DURATION.observe((route, method), duration)
         if received:
-            children[1].inc(received)
+            metrics.HTTP_RECEIVED.inc((route, method), received)
         if sent:
-            children[2].inc(sent)
+            metrics.HTTP_SENT.inc((route, method), sent)
 
     def _log(self, record: RequestRecord, environ: Mapping[str, Any], route: str, status: int,
              duration: float, received: int, sent: int, note: str | None) -> None:  # fmt: skip
@@ -137,9 +126,10 @@ class RequestObserver:
         if note:
             fields["note"] = note
         if self._json:
-            access_log.info("%s %s %s", record.method, record.path, status, extra=fields)
+            # A message without arguments is not %-formatted (a path may hold a '%').
+            access_log.info(f"{record.method} {record.path} {status}", extra={"fields": fields})
         else:
-            access_log.info("%s", _text_line(fields))
+            access_log.info(_text_line(fields))
 
 
 def _text_line(fields: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from observability import metrics
 from observability.instance_dir import MULTIPROC_ENV
 from observability.process_metrics import ProcessCollector
 from observability.usage_gauges import UsageBoard, UsageCollector
@@ -33,6 +34,7 @@ class Scrape:
             MultiProcessCollector(self._registry, path=multiprocess_dir)
         else:
             self._registry.register(_ThisProcess())
+        self._registry.register(metrics.PER_REQUEST)
         self._registry.register(ProcessCollector(under_gunicorn=bool(multiprocess_dir)))
         if usage is not None:
             self._registry.register(UsageCollector(usage))

@@ -25,7 +25,10 @@ class Metrics:
     scope = "public"  # the auth middleware lets it through: its own rules are below
 
     def __init__(
-        self, scrape: Callable[[str | None], tuple[bytes, str]], settings: ObservabilitySettings, proxies: TrustedProxies
+        self,
+        scrape: Callable[[str | None], tuple[bytes, str]],
+        settings: ObservabilitySettings,
+        proxies: TrustedProxies,
     ) -> None:
         self._scrape = scrape
         self._token = settings.metrics_token.encode() if settings.metrics_token else None

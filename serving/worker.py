@@ -129,6 +129,10 @@ class RegistryGeventWorker(GeventWorker):
             self.notify()
             self._exiting.wait(1.0)  # set on a stop or reload signal: start stopping at once
         self._stop(servers)
+        try:
+            self.observer.flush()
+        except OSError as exc:
+            self.log.warning("could not write this worker's last metrics: %s", exc)
 
     def _stop(self, servers: list[StreamServer]) -> None:
         """Stop accepting, let requests in flight finish, and end those still running just
@@ -282,7 +286,11 @@ class RegistryGeventWorker(GeventWorker):
                         )
                 resp.close()
             finally:
-                self.log.access(resp, req, environ, datetime.now() - started)
+                # Berth writes its own access line (the observer, below). gunicorn's is built
+                # only when asked for (--access-logfile): gunicorn would otherwise build it for
+                # nothing on every request, because a logconfig_dict is set.
+                if self.cfg.accesslog:
+                    self.log.access(resp, req, environ, datetime.now() - started)
                 if hasattr(respiter, "close"):
                     respiter.close()
             self._log_body_failure(req)
