@@ -1,6 +1,7 @@
 """The instance's runtime directory: one per gunicorn master, made empty at start and removed
-at exit (gunicorn.conf.py). It holds prometheus-client's multiprocess files (`metrics/`, which
-every worker writes and a scrape sums), the usage walk's lock and its latest result.
+at exit (gunicorn.conf.py). It holds the workers' metrics (`metrics/`: prometheus-client's
+multiprocess files and each worker's per-request totals, `berth-<pid>.json`, which a scrape
+sums), the usage walk's lock and its latest result.
 
 Standard library only: the gunicorn master uses it. prometheus-client itself is never imported
 there (its exposition module imports ssl before gevent could patch it in the workers), so the

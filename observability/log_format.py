@@ -19,7 +19,8 @@ from typing import Any
 
 from pythonjsonlogger.orjson import OrjsonFormatter
 
-TEXT_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s [%(request_id)s] %(message)s"
+# gunicorn's own layout ([pid] [LEVEL]), plus the logger and the request id.
+TEXT_FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(name)s rid=%(request_id)s %(message)s"
 # Record attributes in every JSON line, renamed to what log pipelines expect.
 JSON_FIELDS = ["levelname", "name", "process", "message"]
 JSON_RENAMES = {"levelname": "level", "name": "logger", "process": "pid"}
