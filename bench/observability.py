@@ -128,12 +128,11 @@ def main(argv: list[str] | None = None) -> int:
             stop_registry(reg)
     medians = {name: statistics.median(v) for name, v in results.items()}
     cpu = {name: statistics.median(v) for name, v in cpu_us.items()}
-    print("| configuration | runs (req/s) | median req/s | server CPU per request (median) |")
+    print("| configuration | runs (req/s) | median req/s | server CPU per request (median, min) |")
     print("|---|---|---|---|")
     for name, values in results.items():
-        print(
-            f"| {name} | {', '.join(f'{v:.0f}' for v in values)} | {medians[name]:.0f} | {cpu[name]:.0f} us |"
-        )
+        runs = ", ".join(f"{v:.0f}" for v in values)
+        print(f"| {name} | {runs} | {medians[name]:.0f} | {cpu[name]:.0f} us, {min(cpu_us[name]):.0f} us |")
     ratio = medians["on"] / medians["off"]
     print(
         f"\non/off requests/s: {ratio:.3f} (medians of {args.repeat} runs of {args.seconds} s, -c{args.connections})"
