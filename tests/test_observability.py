@@ -330,3 +330,33 @@ def test_observability_settings_from_env():
         3600,
         50,
     )
+
+
+def test_per_request_metrics_are_summed_over_workers(tmp_path):
+    """Each worker's per-request totals (hot_metrics.py) are published to its own file and a
+    scrape sums every file, its own written afresh; an exited worker's totals stay."""
+    from observability.hot_metrics import Counters, Histograms, HotMetrics
+
+    def worker():
+        requests = Counters("t_requests", "x", ("route",))
+        durations = Histograms("t_seconds", "x", ("route",), (0.1, 1.0))
+        return requests, durations, HotMetrics([requests, durations], tmp_path)
+
+    requests, durations, other = worker()
+    requests.inc(("/a",), 2)
+    durations.observe(("/a",), 0.05)
+    durations.observe(("/a",), 5.0)
+    other.flush()
+    (tmp_path / f"berth-{os.getpid()}.json").rename(tmp_path / "berth-999999.json")  # it exited
+    requests, durations, mine = worker()
+    requests.inc(("/a",))
+    requests.inc(("/b",))
+    durations.observe(("/a",), 0.5)
+    families = {f.name: f for f in mine.collect()}  # flushes its own totals first
+    totals = {s.labels["route"]: s.value for s in families["t_requests"].samples}
+    assert totals == {"/a": 3, "/b": 1}
+    histogram = {(s.name, s.labels.get("le")): s.value for s in families["t_seconds"].samples}
+    assert histogram[("t_seconds_bucket", "0.1")] == 1
+    assert histogram[("t_seconds_bucket", "1.0")] == 2
+    assert histogram[("t_seconds_bucket", "+Inf")] == 3 == histogram[("t_seconds_count", None)]
+    assert histogram[("t_seconds_sum", None)] == pytest.approx(5.55)

@@ -170,3 +170,20 @@ def test_walk_memory_does_not_grow_with_blob_sizes(tmp_path):
     driver: StorageDriver = NoReads(api.data_dir)
     report = StorageUsage(Registry(driver)).measure()
     assert report.repositories[0].blobs == 5  # config, three layers, the manifest
+
+
+def test_usage_on_s3(make_s3_driver, tmp_path):
+    from falcon import testing
+
+    from app import create_app
+    from tests.conftest import Api, make_settings
+
+    driver = make_s3_driver()
+    api = Api(testing.TestClient(create_app(make_settings(tmp_path / "unused"), driver=driver)), tmp_path)
+    api.push_image("s3/one", layers=2)
+    api.push_image("s3/two", layers=1)
+    report = StorageUsage(Registry(driver)).measure()
+    one = next(u for u in report.repositories if u.name == "s3/one")
+    assert one.blobs == 4 and one.bytes == one.exclusive_bytes  # config, 2 layers, manifest
+    assert report.stored_blobs == report.linked_blobs == 7
+    assert report.unlinked_bytes == 0 and report.shared_bytes == 0
