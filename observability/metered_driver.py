@@ -1,9 +1,12 @@
-"""Storage operation metrics: a StorageDriver around any backend that counts and times every
+"""Storage operation metrics: a wrapper around any backend that counts and times every
 operation by its outcome, installed by create_app. The backends stay as they are (as in
 distribution, one wrapper does this for every driver).
 
-Readers returned by open_range are not wrapped: the time to open (for S3 the GET up to its
-first bytes) is measured, and downloads from local disk keep their file (sendfile)."""
+It is a proxy, registered as a StorageDriver but not inheriting from it: every attribute it
+does not meter, a method the interface gains later or a backend's own, reaches the backend as
+it is, never a base-class default that would bypass the backend's override. Readers returned
+by open_range are not wrapped: the time to open (for S3 the GET up to its first bytes) is
+measured, and downloads from local disk keep their file (sendfile)."""
 
 from __future__ import annotations
 
@@ -50,7 +53,7 @@ class _Meter:
             metrics.STORAGE_OPERATIONS.observe((operation, outcome), perf_counter() - started)
 
 
-class MeteredDriver(StorageDriver):
+class MeteredDriver:
     def __init__(self, inner: StorageDriver) -> None:
         self.inner = inner
         self._meter = _Meter()
@@ -105,9 +108,9 @@ class MeteredDriver(StorageDriver):
         self._meter.call("check", self.inner.check)
 
 
-class MeteredWriter(AppendWriter):
+class MeteredWriter:
     """An upload's writer: each write (a part upload on S3, once a part is full), save,
-    seal, commit, abort and abandon is an operation."""
+    seal, commit, abort and abandon is an operation. A proxy too."""
 
     def __init__(self, inner: AppendWriter, meter: _Meter) -> None:
         self.inner = inner
@@ -140,3 +143,8 @@ class MeteredWriter(AppendWriter):
 
     def abandon(self) -> None:
         self._meter.call("writer_abandon", self.inner.abandon)
+
+
+# isinstance() and type checks see them as what they stand for.
+StorageDriver.register(MeteredDriver)
+AppendWriter.register(MeteredWriter)

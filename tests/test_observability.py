@@ -360,3 +360,25 @@ def test_per_request_metrics_are_summed_over_workers(tmp_path):
     assert histogram[("t_seconds_bucket", "1.0")] == 2
     assert histogram[("t_seconds_bucket", "+Inf")] == 3 == histogram[("t_seconds_count", None)]
     assert histogram[("t_seconds_sum", None)] == pytest.approx(5.55)
+
+
+def test_metered_driver_forwards_what_it_does_not_meter(tmp_path):
+    """A backend's own methods, and its overrides of the interface's defaults, are reached
+    through the wrapper as they are (not the base class's defaults)."""
+    from observability.metered_driver import MeteredDriver
+    from storage.driver import StorageDriver
+    from storage.filesystem import FilesystemDriver
+
+    class Backend(FilesystemDriver):
+        def redirect_url(self, key, expires_in=1200):
+            return f"https://cdn.example/{key}"
+
+        def backend_only(self):
+            return "mine"
+
+    metered = MeteredDriver(Backend(tmp_path))
+    assert isinstance(metered, StorageDriver)
+    assert metered.redirect_url("blobs/x") == "https://cdn.example/blobs/x"
+    assert metered.backend_only() == "mine"
+    metered.write_bytes("a/b", b"1")
+    assert metered.read_bytes("a/b") == b"1"
