@@ -6,6 +6,7 @@ logs on against the same Berth with them off, in one run.
   manager would), metrics recorded and /metrics scraped every second (Prometheus scrapes every
   15-60 s), the storage usage walker on.
 - off: REGISTRY_ACCESS_LOG=false, REGISTRY_METRICS_ALLOW= (metrics off), REGISTRY_USAGE_INTERVAL=0.
+- text: the access line in the default text format, metrics off.
 - --baseline DIR adds a third Berth started from another checkout (e.g. the code before
   observability) with its defaults.
 
@@ -39,6 +40,9 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 ON = {"REGISTRY_LOG_FORMAT": "json", "REGISTRY_ACCESS_LOG": "true", "REGISTRY_USAGE_INTERVAL": "60"}
 OFF = {"REGISTRY_ACCESS_LOG": "false", "REGISTRY_METRICS_ALLOW": "", "REGISTRY_USAGE_INTERVAL": "0"}
+# Text access lines (the default format), metrics off: "JSON logs and metrics off" read as
+# the default log format rather than no access log at all.
+TEXT = {"REGISTRY_LOG_FORMAT": "text", "REGISTRY_METRICS_ALLOW": "", "REGISTRY_USAGE_INTERVAL": "0"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -82,7 +86,7 @@ class Scraper(threading.Thread):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="berth-bench-obs-"))
-    configs = {"on": (REPO_ROOT, ON), "off": (REPO_ROOT, OFF)}
+    configs = {"on": (REPO_ROOT, ON), "off": (REPO_ROOT, OFF), "text": (REPO_ROOT, TEXT)}
     if args.baseline:
         configs["baseline"] = (args.baseline.resolve(), {})
     if args.split:
@@ -137,7 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\non/off requests/s: {ratio:.3f} (medians of {args.repeat} runs of {args.seconds} s, -c{args.connections})"
     )
-    print(f"off/on server CPU per request: {cpu['off'] / cpu['on']:.3f}")
+    print(
+        f"off/on server CPU per request: {cpu['off'] / cpu['on']:.3f} (minima: {min(cpu_us['off']) / min(cpu_us['on']):.3f})"
+    )
+    if "text" in medians:
+        print(
+            f"on/text requests/s: {medians['on'] / medians['text']:.3f} (JSON and metrics on / text, metrics off)"
+        )
+        print(f"text/on server CPU per request: {cpu['text'] / cpu['on']:.3f}")
     for name in medians:
         if name not in ("on", "off"):
             print(f"{name}/off requests/s: {medians[name] / medians['off']:.3f}")

@@ -48,6 +48,7 @@ class RequestObserver:
         self._access = access
         self._metrics = record_metrics
         self._json = json_lines
+        self._failed = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RequestObserver:
@@ -91,6 +92,10 @@ class RequestObserver:
                 self._record(route, method, status, duration, received, sent)
             if self._access:
                 self._log(record, environ, route, status, duration, received, sent, note)
+        except Exception:  # the request was served: a broken log or metric must not fail it
+            if not self._failed:
+                self._failed = True
+                logging.getLogger("berth").exception("recording a request failed (said once)")
         finally:
             try:
                 REQUEST_ID.reset(record._token)
