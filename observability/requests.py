@@ -11,13 +11,14 @@ the request (observability/request_context.py) and returned on every response.""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from auth.client_address import TrustedProxies
-from observability import metrics
+from observability import log_format, metrics
 from observability.request_context import REQUEST_ID, new_request_id, valid_request_id
 from observability.request_fields import PRINCIPAL, REPOSITORY, ROUTE, UPLOAD_ID, USER
 from settings import Settings
@@ -55,8 +56,21 @@ class RequestObserver:
         obs = settings.observability
         return cls(settings.trusted_proxies, obs.access_log, obs.metrics_enabled, obs.log_format == "json")
 
+    def start(self) -> None:
+        """In the worker: write held access lines at least every ACCESS_BATCH_SECONDS."""
+        if self._access:
+            threading.Thread(target=self._write_access_lines, name="access-log", daemon=True).start()
+
+    @staticmethod
+    def _write_access_lines() -> None:
+        while True:
+            time.sleep(log_format.ACCESS_BATCH_SECONDS)
+            log_format.flush_access_lines()
+
     def flush(self) -> None:
-        """The worker is exiting: its last per-request totals, for the next scrape."""
+        """The worker is exiting: its held access lines, and its last per-request totals for
+        the next scrape."""
+        log_format.flush_access_lines()
         if self._metrics:
             metrics.PER_REQUEST.flush()
 

@@ -112,6 +112,7 @@ class RegistryGeventWorker(GeventWorker):
         from settings import Settings
 
         self.observer = RequestObserver.from_settings(Settings.from_env())  # validated at start
+        self.observer.start()
 
     # ----------------------------------------------------------------- accepting and stopping
 
