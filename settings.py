@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import json
 import os
 from collections.abc import Mapping
@@ -272,6 +273,78 @@ def _trusted_proxies(env: Mapping[str, str]) -> TrustedProxies:
         raise SettingsError(f"FORWARDED_ALLOW_IPS: {exc}") from None
 
 
+# ------------------------------------------------------------------------------------------------
+# Observability: logs, the metrics endpoint and storage usage (observability/, resources/metrics.py).
+
+LOG_FORMATS = ("text", "json")
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def log_format_from_env(env: Mapping[str, str]) -> str:
+    """REGISTRY_LOG_FORMAT. gunicorn.conf.py reads it too, to format the server's own lines."""
+    value = env.get("REGISTRY_LOG_FORMAT", "").strip().lower() or "text"
+    if value not in LOG_FORMATS:
+        raise SettingsError(f"REGISTRY_LOG_FORMAT must be 'text' or 'json', not {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class ObservabilitySettings:
+    log_format: str = "text"  # REGISTRY_LOG_FORMAT
+    access_log: bool = True  # REGISTRY_ACCESS_LOG: one structured line per request
+    # REGISTRY_METRICS_TOKEN: a scraper sending `Authorization: Bearer <it>` may read /metrics
+    metrics_token: str | None = field(default=None, repr=False)
+    # REGISTRY_METRICS_ALLOW: client addresses (through trusted proxies) that may read /metrics
+    metrics_allow: tuple[_Network, ...] = (ipaddress.ip_network("127.0.0.1"), ipaddress.ip_network("::1"))
+    usage_interval: int = 3600  # REGISTRY_USAGE_INTERVAL: seconds between usage walks; 0 = off
+    usage_top_repositories: int = 50  # REGISTRY_USAGE_TOP_REPOSITORIES: labelled repositories
+
+    @property
+    def metrics_enabled(self) -> bool:
+        """Anyone at all may read /metrics; otherwise the route does not exist."""
+        return self.metrics_token is not None or bool(self.metrics_allow)
+
+
+def _networks(env: Mapping[str, str], name: str, default: str) -> tuple[_Network, ...]:
+    raw = env.get(name)
+    entries = [e.strip() for e in (default if raw is None else raw).split(",") if e.strip()]
+    networks = []
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(entry))
+        except ValueError:
+            raise SettingsError(
+                f"{name}: {entry!r} is not an IP address or network (e.g. 10.0.0.0/8; "
+                "0.0.0.0/0,::/0 for everyone)"
+            ) from None
+    return tuple(networks)
+
+
+def _observability_settings(env: Mapping[str, str]) -> ObservabilitySettings:
+    token = env.get("REGISTRY_METRICS_TOKEN", "").strip() or None
+    if token is not None and (
+        len(token) < 16 or not token.isascii() or not token.isprintable() or " " in token
+    ):
+        # It travels as a Bearer token: printable ASCII without spaces, long enough not to guess.
+        raise SettingsError(
+            "REGISTRY_METRICS_TOKEN must be at least 16 printable ASCII characters without spaces"
+        )
+    interval = _int(env, "REGISTRY_USAGE_INTERVAL", 3600, 0)
+    if 0 < interval < 10:
+        raise SettingsError("REGISTRY_USAGE_INTERVAL must be 0 (off) or at least 10 seconds")
+    top = _int(env, "REGISTRY_USAGE_TOP_REPOSITORIES", 50, 0)
+    if top > 1000:
+        raise SettingsError("REGISTRY_USAGE_TOP_REPOSITORIES must be at most 1000 (one series each)")
+    return ObservabilitySettings(
+        log_format=log_format_from_env(env),
+        access_log=_bool(env, "REGISTRY_ACCESS_LOG", True),
+        metrics_token=token,
+        metrics_allow=_networks(env, "REGISTRY_METRICS_ALLOW", "127.0.0.1,::1"),
+        usage_interval=interval,
+        usage_top_repositories=top,
+    )
+
+
 MiB = 1024 * 1024
 
 
@@ -309,6 +382,7 @@ class Settings:
     trusted_proxies: TrustedProxies = DEFAULT_TRUSTED_PROXIES
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)  # REGISTRIES_JSON
     gc: GcSettings = field(default_factory=GcSettings)
+    observability: ObservabilitySettings = field(default_factory=ObservabilitySettings)
 
     @property
     def auth_configured(self) -> bool:
@@ -350,6 +424,7 @@ class Settings:
             trusted_proxies=_trusted_proxies(env),
             upstream=_upstream_settings(env),
             gc=_gc_settings(env),
+            observability=_observability_settings(env),
         )
 
 

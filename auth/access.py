@@ -26,6 +26,7 @@ from auth.failures import FailedLoginLimiter
 from auth.identity import ANONYMOUS_READER, Identity
 from auth.token_shape import InvalidToken, looks_like_jwt
 from errors import Denied, TooManyRequests, Unauthorized
+from observability.metrics import auth_failure
 from settings import Settings
 
 if TYPE_CHECKING:  # auth.tokens loads the JOSE library: only when JWTs are configured
@@ -38,9 +39,10 @@ log = logging.getLogger("berth.auth")
 
 
 class _Refused(Exception):
-    def __init__(self, message: str, bad_token: bool = False) -> None:
+    def __init__(self, message: str, bad_token: bool = False, kind: str = "bad_password") -> None:
         super().__init__(message)
         self.bad_token = bad_token
+        self.kind = "bad_token" if bad_token else kind  # for the auth failure metric
 
 
 class AccessController:
@@ -74,10 +76,12 @@ class AccessController:
         if not authorization:
             if self._anonymous_pull and (needs or not self._token_flow):
                 return ANONYMOUS_READER
+            auth_failure("no_credentials")
             raise self._unauthorized("authentication required", realm_url, needs)
         try:
             return self._identify(authorization, client)
         except _Refused as exc:
+            auth_failure(exc.kind)
             bearer = authorization.lstrip().lower().startswith("bearer")
             raise self._unauthorized(str(exc), realm_url, needs, exc.bad_token, bearer) from None
 
@@ -90,7 +94,9 @@ class AccessController:
             if not identity.may(repository, action):
                 if identity.anonymous:
                     # Anonymous pull is on but this needs more: ask for credentials.
+                    auth_failure("no_credentials")
                     raise self._unauthorized("authentication required", realm_url, needs)
+                auth_failure("denied")
                 headers = {}
                 if self._token_flow and authorization and authorization.lstrip().lower().startswith("bearer"):
                     # RFC 6750: a token that lacks the scope gets 403 with insufficient_scope.
@@ -105,10 +111,12 @@ class AccessController:
         if not authorization:
             if self._anonymous_pull:
                 return ANONYMOUS_READER
+            auth_failure("no_credentials")
             raise Unauthorized("authentication required", headers={"WWW-Authenticate": self._basic_challenge})
         try:
             identity = self._identify(authorization, client)
         except _Refused as exc:
+            auth_failure(exc.kind)
             raise Unauthorized(str(exc), headers={"WWW-Authenticate": self._basic_challenge}) from None
         if identity.expires_at is not None and identity.expires_at <= time.time():
             # Accepted within the clock-skew leeway, but a token issued for it would be born
@@ -123,7 +131,7 @@ class AccessController:
         if scheme.lower() == "bearer":
             try:
                 if self._verifier is None:
-                    raise _Refused("bearer tokens are not accepted by this registry")
+                    raise _Refused("bearer tokens are not accepted by this registry", kind="bad_token")
                 return self._from_token(credentials.strip())
             except _Refused:
                 self._failed(client, None)
@@ -132,7 +140,7 @@ class AccessController:
             username, password = parse_basic(authorization)
         except Unauthorized:
             self._failed(client, None)
-            raise _Refused("malformed credentials") from None
+            raise _Refused("malformed credentials", kind="malformed") from None
         slowed = self._limiter.retry_after(client(), username) if self._limiter.counting else None
         if slowed:
             # No password comparison while slowed (its answer is what a guesser wants), but a
@@ -172,6 +180,7 @@ class AccessController:
 
     @staticmethod
     def _too_many(retry_after: int) -> TooManyRequests:
+        auth_failure("throttled")
         return TooManyRequests(
             "too many failed logins from this address: retry later",
             headers={"Retry-After": str(retry_after)},

@@ -68,6 +68,13 @@ class TrustedProxies:
             self._seen[value] = known
         return known
 
+    def trusts_peer(self, peer: str) -> bool:
+        """Whether a request's peer (REMOTE_ADDR) is a trusted proxy, whose headers about the
+        client (X-Forwarded-For, X-Request-Id) are believed. A peer that is not an IP address
+        (a UNIX socket) is, as above."""
+        peer_ip, trusted = self._classify(peer)
+        return trusted or peer_ip is None
+
     def client_address(self, environ: Mapping[str, Any]) -> str:
         """The client's address for a WSGI request: the peer, or what trusted proxies say."""
         peer = str(environ.get("REMOTE_ADDR") or "")

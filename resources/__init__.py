@@ -11,6 +11,7 @@ from resources.gc import RepositoryGc
 from resources.health import Liveness, Readiness
 from resources.listing import Catalog, Referrers, Tags
 from resources.manifests import Manifest
+from resources.metrics import Metrics
 from resources.token import Token
 from resources.uploads import Upload, UploadStart
 from settings import Settings
@@ -51,6 +52,11 @@ def add_token_route(app: falcon.App, token_server: TokenServer) -> None:
     """The token flow's endpoint (only with a signing key). No repository route matches
     `/v2/token` exactly, so where it sits in the table does not matter."""
     app.add_route("/v2/token", Token(token_server))
+
+
+def add_metrics_route(app: falcon.App, metrics: Metrics) -> None:
+    """`/metrics` (only when someone may read it). Outside /v2/, like the health endpoints."""
+    app.add_route("/metrics", metrics)
 
 
 class ApiVersionHeader:

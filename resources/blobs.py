@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import falcon
 
 from errors import BlobUnknown, Unsupported
+from observability import metrics
 from resources.http import byte_range
 from serving.errors import IncompleteResponse
 from storage.blobs import BlobInfo
@@ -141,11 +142,14 @@ class Blob:
         """The local blob; on a miss with upstreams configured, the upstream's answer (HEAD) or
         None (GET: the caller pulls it through)."""
         try:
-            return self._registry.blobs.stat(name, digest)
+            info = self._registry.blobs.stat(name, digest)
         except BlobUnknown:
             if self._pull_through is None:
                 raise
             return self._pull_through.blob_info(name, digest) if upstream_head else None
+        if self._pull_through is not None:
+            metrics.pullthrough("blob", "hit")
+        return info
 
     @staticmethod
     def _headers(resp: falcon.Response, digest: Digest) -> None:

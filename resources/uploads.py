@@ -11,6 +11,7 @@ import falcon
 
 from auth.identity import PULL
 from errors import DigestInvalid, RangeInvalid
+from observability import metrics
 from resources.http import body_chunks, content_range
 from storage.digests import ALGORITHMS, Digest, validate_name
 from storage.registry import Registry
@@ -63,6 +64,7 @@ class UploadStart:
         if mount and source:
             digest = Digest.parse(mount)
             if self._registry.blobs.mount(name, validate_name(source), digest):
+                metrics.upload_event("mounted")
                 _created(resp, name, digest)
                 return
             # Not mountable: the spec says to fall back to a regular upload session.
@@ -71,20 +73,23 @@ class UploadStart:
             # may read every repository, or it would leak blobs across access boundaries.
             digest = Digest.parse(mount)
             if self._registry.blobs.mount_any(name, digest):
+                metrics.upload_event("mounted")
                 _created(resp, name, digest)
                 return
         digest_param = req.get_param("digest")
         if digest_param is not None:
             digest = Digest.parse(digest_param)
-            self._registry.uploads.upload_whole(
+            info = self._registry.uploads.upload_whole(
                 name, _owner(req), digest, body_chunks(req), req.content_length
             )
+            metrics.upload_event("completed", info.size)
             _created(resp, name, digest)
             return
         algorithm = req.get_param("digest-algorithm") or "sha256"
         if algorithm not in ALGORITHMS:
             raise DigestInvalid("unsupported digest algorithm", detail={"digest-algorithm": algorithm})
         state = self._registry.uploads.start(name, _owner(req), algorithm)
+        metrics.upload_event("started")
         resp.status = falcon.HTTP_202
         _session_headers(resp, name, state)
 
@@ -119,9 +124,11 @@ class Upload:
             info = self._registry.uploads.finish(
                 name, upload_id, _owner(req), digest, body_chunks(req), content_range(req), req.content_length
             )
+        metrics.upload_event("completed", info.size)
         _created(resp, name, info.digest)
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, name: str, upload_id: str) -> None:
         self._registry.uploads.cancel(validate_name(name), upload_id, _owner(req))
+        metrics.upload_event("cancelled")
         resp.status = falcon.HTTP_204
         resp.content_length = 0

@@ -75,6 +75,7 @@ class SocketBodyReader:
         self._view = memoryview(self._buf)
         self._start = self._end = 0
         self._received = 0
+        self.payload_bytes = 0  # body bytes handed to the application (for the access log)
         self._released = False
         self.send_continue = False  # the client waits for "100 Continue" before sending the body
 
@@ -113,7 +114,14 @@ class SocketBodyReader:
 
     def next_span(self, limit: int) -> memoryview | None:
         """The next at most `limit` payload bytes, as a view into the buffer that stays valid
-        only until the next call; None once the body has ended.
+        only until the next call; None once the body has ended."""
+        span = self._next_span(limit)
+        if span is not None:
+            self.payload_bytes += len(span)
+        return span
+
+    def _next_span(self, limit: int) -> memoryview | None:
+        """next_span without the count.
 
         Views are at least min(BATCH, limit) bytes unless the body ends first: when the client
         is slower than Berth, each recv() returns a few KiB, and handing each out would cost a
@@ -371,6 +379,12 @@ def release(req) -> None:
     body = getattr(req, "body", None)
     if isinstance(body, SocketBody):
         body.reader.release()
+
+
+def payload_bytes(req) -> int:
+    """Body bytes of the request the application has read."""
+    body = getattr(req, "body", None)
+    return body.reader.payload_bytes if isinstance(body, SocketBody) else 0
 
 
 def left_unread(req) -> bool:

@@ -28,13 +28,18 @@
   graceful timeout; idle keep-alive connections are closed at once and clients reconnect.
 - A request's receive buffer is freed when the request ends, not when the garbage collector
   gets to the request's reference cycles.
+- Every request, those gunicorn's parser refuses included, gets a request id (returned as
+  `X-Request-Id` and carried by every log line of the request), one structured access line and
+  its HTTP metrics (observability/requests.py). gunicorn's own access log stays off unless
+  asked for (`--access-logfile`).
 
 The connection loop and handle_request are gunicorn's (AsyncWorker, HTTP/1.1 only: Berth does
 not enable HTTP/2), rewritten here so that each of the points above has one clear place.
 
 This module is loaded by the gunicorn master (as `worker_class`), before gevent patches
 anything: it imports only gunicorn, gevent, serving/ and the standard library, as gunicorn's
-own gevent worker does.
+own gevent worker does. The request observer (which imports prometheus_client) is imported
+in the worker, once gevent has patched and the app is loaded.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import io
 import os
 import signal
 import socket
+import sys
 import time
 from contextlib import suppress
 from datetime import datetime
@@ -98,6 +104,16 @@ class RegistryGeventWorker(GeventWorker):
     def _stop_while_booting(self, sig, frame):
         self.alive = False  # run() then stops as soon as it starts
 
+    def load_wsgi(self):
+        super().load_wsgi()
+        # Here, not at the top: prometheus_client must be imported after gevent patched the
+        # standard library and with the instance's PROMETHEUS_MULTIPROC_DIR (gunicorn.conf.py).
+        from observability.requests import RequestObserver
+        from settings import Settings
+
+        self.observer = RequestObserver.from_settings(Settings.from_env())  # validated at start
+        self.observer.start()
+
     # ----------------------------------------------------------------- accepting and stopping
 
     def run(self):
@@ -114,6 +130,10 @@ class RegistryGeventWorker(GeventWorker):
             self.notify()
             self._exiting.wait(1.0)  # set on a stop or reload signal: start stopping at once
         self._stop(servers)
+        try:
+            self.observer.flush()
+        except OSError as exc:
+            self.log.warning("could not write this worker's last metrics: %s", exc)
 
     def _stop(self, servers: list[StreamServer]) -> None:
         """Stop accepting, let requests in flight finish, and end those still running just
@@ -199,6 +219,9 @@ class RegistryGeventWorker(GeventWorker):
         except Exception as exc:
             self.handle_error(req, conn, addr, exc)
         finally:
+            record = getattr(req, "berth_record", None)
+            if record is not None and not record.ended:  # the connection failed mid-request
+                self.observer.end(record, 0, body.payload_bytes(req), 0, "connection closed")
             self._connections.pop(current, None)
             util.close(client)
 
@@ -219,10 +242,16 @@ class RegistryGeventWorker(GeventWorker):
         started = datetime.now()
         environ, resp, respiter = {}, None, None
         sent_before = conn.sent
+        # Berth: the request's id, for its log lines and its response; its access line at the end.
+        record = req.berth_record = self.observer.begin(
+            req.method, req.path, _ip(addr), _header(req, "X-REQUEST-ID")
+        )
+        file_bytes = 0  # body bytes sent from a file (gunicorn's count does not include them)
         body.install(req, conn.sock, self.limits)
         try:
             self.cfg.pre_request(self, req)
             resp, environ = wsgi.create(req, conn, addr, listener_name, self.cfg)
+            record.environ = environ
             environ["wsgi.multithread"] = True
             self.nr += 1
             if self.nr >= self.max_requests and self.alive:
@@ -236,12 +265,18 @@ class RegistryGeventWorker(GeventWorker):
                 # is not drained, whatever its size: the answer says `Connection: close`.
                 if body.left_unread(req):
                     resp.force_close()
+                headers = [*headers, ("X-Request-Id", record.request_id)]  # Berth
                 return resp.start_response(status, headers, exc_info)
 
             respiter = self.wsgi(environ, start_response)
             try:
                 if isinstance(respiter, environ["wsgi.file_wrapper"]):
-                    resp.write_file(respiter)
+                    resp.send_headers()  # Berth: so that what follows counts the body alone
+                    before = conn.sent
+                    try:
+                        resp.write_file(respiter)
+                    finally:
+                        file_bytes = conn.sent - before
                 else:
                     for item in respiter:
                         resp.write(item)
@@ -252,7 +287,11 @@ class RegistryGeventWorker(GeventWorker):
                         )
                 resp.close()
             finally:
-                self.log.access(resp, req, environ, datetime.now() - started)
+                # Berth writes its own access line (the observer, below). gunicorn's is built
+                # only when asked for (--access-logfile): gunicorn would otherwise build it for
+                # nothing on every request, because a logconfig_dict is set.
+                if self.cfg.accesslog:
+                    self.log.access(resp, req, environ, datetime.now() - started)
                 if hasattr(respiter, "close"):
                     respiter.close()
             self._log_body_failure(req)
@@ -281,11 +320,33 @@ class RegistryGeventWorker(GeventWorker):
                 return False
             raise
         finally:
+            # An exception on its way out is answered by handle_error, which ends the record.
+            if sys.exc_info()[0] is None:
+                status = resp.status_code if resp is not None and resp.status_code else 0
+                sent = (resp.sent if resp is not None else 0) + file_bytes
+                self.observer.end(record, status, body.payload_bytes(req), sent)
             body.release(req)  # Berth: now, not at the garbage collector's next full pass
             try:
                 self.cfg.post_request(self, req, environ, resp)
             except Exception:
                 self.log.exception("Exception in post_request hook")
+
+    def handle_error(self, req, client, addr, exc):
+        """gunicorn's error answer (400 for a request its parser refused, 500 for an app that
+        failed before its response began), with the request's id and its access line."""
+        record = getattr(req, "berth_record", None)
+        if record is None:  # refused before any app saw it
+            method, path = getattr(req, "method", None) or "-", getattr(req, "path", None) or "-"
+            header_id = _header(req, "X-REQUEST-ID") if req is not None else None
+            record = self.observer.begin(method, path, _ip(addr), header_id)
+            record.environ = {"REMOTE_ADDR": _ip(addr), "berth.route": "{invalid}"}
+        answer = _ErrorAnswer(client, record.request_id)
+        try:
+            super().handle_error(req, answer, addr, exc)
+        finally:
+            received = body.payload_bytes(req) if req is not None else 0
+            note = f"{type(exc).__name__}: {exc}"[:200]
+            self.observer.end(record, answer.status, received, answer.body_bytes, note)
 
     def _log_body_failure(self, req) -> None:
         error = getattr(req.body, "error", None)
@@ -307,6 +368,37 @@ class _NewConnectionsFirst(Pool):
             greenlet.switch()
         else:
             greenlet.start()
+
+
+class _ErrorAnswer:
+    """The client's socket, as gunicorn's error answer (util.write_error, one sendall) sees it:
+    the answer gets the request's `X-Request-Id`, and its status and size are kept for the log."""
+
+    def __init__(self, sock, request_id: str) -> None:
+        self._sock = sock
+        self._request_id = request_id.encode("ascii")
+        self.status = 0
+        self.body_bytes = 0
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+    def sendall(self, data: bytes) -> None:
+        status_line, crlf, rest = bytes(data).partition(b"\r\n")
+        parts = status_line.split(b" ", 2)
+        if len(parts) >= 2 and parts[1].isdigit() and crlf:
+            self.status = int(parts[1])
+            self.body_bytes = len(rest.partition(b"\r\n\r\n")[2])
+            data = status_line + b"\r\nX-Request-Id: " + self._request_id + b"\r\n" + rest
+        self._sock.sendall(data)
+
+
+def _header(req, name: str) -> str | None:
+    """A request header's value (`name` in upper case, as gunicorn keeps names)."""
+    for key, value in getattr(req, "headers", None) or ():
+        if key == name:
+            return value
+    return None
 
 
 def _short(req, resp) -> bool:

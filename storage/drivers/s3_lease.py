@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING
 
+from observability.request_context import run_in_request_context
 from storage.driver import ObjectBusy, ObjectNotFound, StorageError
 
 if TYPE_CHECKING:
@@ -71,7 +72,9 @@ class Lease:
             time.sleep(min(delay * (0.5 + random.random()), remaining))  # noqa: S311 - jitter
             delay = min(delay * 2, _POLL_MAX)
         self._confirmed = time.monotonic()
-        self._renewer = threading.Thread(target=self._renew, name="s3-lease", daemon=True)
+        # In the request's context: its warnings carry the request's id.
+        renew = run_in_request_context(self._renew)
+        self._renewer = threading.Thread(target=renew, name="s3-lease", daemon=True)
         self._renewer.start()
 
     def _try_acquire(self) -> bool:

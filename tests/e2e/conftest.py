@@ -13,6 +13,7 @@ import uuid
 
 import pytest
 
+from . import images
 from . import process as servers
 from .clients import Containerd, DockerDaemon, Podman, Skopeo
 from .servers import BerthServer, DistributionServer
@@ -187,3 +188,21 @@ def podman(tmp_path_factory):
     yield p
     # vfs layers are plain files but podman may leave read-only dirs behind: best effort.
     shutil.rmtree(p.workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def loaded_image(docker_daemon, skopeo, tmp_path, repo):
+    """An image built here, converted to a docker-archive by skopeo, loaded into dockerd."""
+    img = images.make_image(1 << 20, n_layers=2)
+    src = images.write_oci_layout(tmp_path / "oci", img, "v1")
+    local = f"e2e-local/{repo.rsplit('/', 1)[-1]}:v1"
+    archive = tmp_path / "image.tar"
+    skopeo("copy", src, f"docker-archive:{archive}:{local}")
+    out = docker_daemon.docker("load", "-i", archive).stdout
+    assert "Loaded image" in out, out
+    assert (
+        docker_daemon.docker("image", "inspect", "--format", "{{.Id}}", local).stdout.strip()
+        == img.config_digest
+    )
+    yield img, local
+    docker_daemon.docker("rmi", "-f", img.config_digest, check=False)

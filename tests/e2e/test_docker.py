@@ -32,21 +32,6 @@ def _push_digest(output: str) -> str:
     return m.group(1)
 
 
-@pytest.fixture
-def loaded_image(docker_daemon, skopeo, tmp_path, repo):
-    """An image built here, converted to a docker-archive by skopeo, loaded into dockerd."""
-    img = images.make_image(1 << 20, n_layers=2)
-    src = images.write_oci_layout(tmp_path / "oci", img, "v1")
-    local = f"e2e-local/{repo.rsplit('/', 1)[-1]}:v1"
-    archive = tmp_path / "image.tar"
-    skopeo("copy", src, f"docker-archive:{archive}:{local}")
-    out = docker_daemon.docker("load", "-i", archive).stdout
-    assert "Loaded image" in out, out
-    assert _image_id(docker_daemon, local) == img.config_digest
-    yield img, local
-    docker_daemon.docker("rmi", "-f", img.config_digest, check=False)
-
-
 def _login(docker_daemon, registry, creds=None):
     return docker_daemon.login(registry.host, creds or registry.rw)
 

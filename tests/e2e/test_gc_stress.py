@@ -23,12 +23,18 @@ pytestmark = pytest.mark.e2e
 
 DISK = Config(clients=8, images=200, repositories=4, grace=1.5)
 # moto's server is a single Python process and every registry request costs it several S3
-# requests, the collections many more (listings, two reads per manifest): 48 images keep the case
-# around 40 s on 2 cores (200 take 110 s); bench/gc_stress.py --backend s3 runs 200 and more
-# (bench/README.md).
+# requests, the collections many more (listings, two reads per manifest): the 200 images
+# take about 2 minutes on 2 cores, the suite's longest test; bench/gc_stress.py runs larger sizes.
 # A grace of 2 s: S3 times have whole seconds, so what the collector sees as 2 s old may be 1 s.
 S3 = Config(
-    clients=8, images=48, repositories=4, grace=2.0, clock_resolution=1.0, pause=1.0, pull=0.15, layers=(1, 3)
+    clients=8,
+    images=200,
+    repositories=4,
+    grace=2.0,
+    clock_resolution=1.0,
+    pause=1.0,
+    pull=0.15,
+    layers=(1, 3),
 )
 
 
