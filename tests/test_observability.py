@@ -382,3 +382,40 @@ def test_metered_driver_forwards_what_it_does_not_meter(tmp_path):
     assert metered.backend_only() == "mine"
     metered.write_bytes("a/b", b"1")
     assert metered.read_bytes("a/b") == b"1"
+
+
+# ------------------------------------------------------------------------ batched access lines
+
+
+def _record(logger: str, message: str) -> logging.LogRecord:
+    return logging.LogRecord(logger, logging.INFO, __file__, 1, message, None, None)
+
+
+def test_access_lines_are_written_in_batches_and_other_lines_keep_their_order(monkeypatch):
+    stream = io.StringIO()
+    handler = log_format.BatchingStreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(name)s %(message)s"))
+    handler.emit(_record(log_format.ACCESS_LOGGER, "GET 1"))
+    handler.emit(_record(log_format.ACCESS_LOGGER, "GET 2"))
+    assert stream.getvalue() == ""  # held
+    handler.emit(_record("berth.storage", "storage failed"))  # written at once, after them
+    assert stream.getvalue().splitlines() == [
+        "berth.access GET 1",
+        "berth.access GET 2",
+        "berth.storage storage failed",
+    ]
+
+    handler.emit(_record(log_format.ACCESS_LOGGER, "GET 3"))
+    # The worker's timer (and its exit) calls flush() on the root logger's handlers.
+    handler.flush()
+    assert stream.getvalue().splitlines()[-1] == "berth.access GET 3"
+
+    # A burst is written when the batch is full, without waiting for the timer.
+    monkeypatch.setattr(log_format, "ACCESS_BATCH_BYTES", 100)
+    for i in range(10):
+        handler.emit(_record(log_format.ACCESS_LOGGER, f"GET burst {i}"))
+    assert "GET burst 4" in stream.getvalue()
+    # And a line held for longer than ACCESS_BATCH_SECONDS goes with the next one.
+    monkeypatch.setattr(log_format, "ACCESS_BATCH_SECONDS", 0.0)
+    handler.emit(_record(log_format.ACCESS_LOGGER, "GET late"))
+    assert stream.getvalue().splitlines()[-1] == "berth.access GET late"

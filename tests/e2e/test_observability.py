@@ -13,6 +13,8 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from observability.log_format import ACCESS_BATCH_SECONDS
+
 from . import images
 from .servers import BerthServer
 
@@ -37,6 +39,9 @@ def observed(make_registry, registry_class):
 
 
 def access_lines(server: BerthServer) -> list[dict]:
+    """The access lines written so far, once every line of a request already answered is out:
+    workers write access lines in batches, at least every ACCESS_BATCH_SECONDS."""
+    time.sleep(ACCESS_BATCH_SECONDS + 0.25)
     lines = []
     for line in server.log_path.read_text().splitlines():
         if line.startswith("{"):
