@@ -18,6 +18,7 @@ from storage.driver import StorageDriver, StorageError, StorageFull
 from storage.gc import GarbageCollector
 from storage.gc_schedule import GcSchedule
 from storage.registry import Registry
+from ui import add_ui
 from upstream.pullthrough import PullThrough
 
 log = logging.getLogger("berth")
@@ -47,6 +48,8 @@ def create_app(settings: Settings, driver: StorageDriver | None = None) -> falco
         GcSchedule(collector, driver, settings.gc.interval, settings.gc.mode).start()
     if token_server is not None:
         add_token_route(app, token_server)
+    if settings.ui:
+        add_ui(app, registry, settings)  # the web pages under /ui/ (REGISTRY_UI)
     if not settings.auth_configured:
         log.warning(
             "no credentials configured: every request will be refused with 401. Set USERNAME "

@@ -309,6 +309,7 @@ class Settings:
     trusted_proxies: TrustedProxies = DEFAULT_TRUSTED_PROXIES
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)  # REGISTRIES_JSON
     gc: GcSettings = field(default_factory=GcSettings)
+    ui: bool = True  # REGISTRY_UI: the web pages under /ui/ (ui/)
 
     @property
     def auth_configured(self) -> bool:
@@ -350,6 +351,7 @@ class Settings:
             trusted_proxies=_trusted_proxies(env),
             upstream=_upstream_settings(env),
             gc=_gc_settings(env),
+            ui=_bool(env, "REGISTRY_UI", True),
         )
 
 

@@ -68,6 +68,11 @@ class TrustedProxies:
             self._seen[value] = known
         return known
 
+    def trusts_peer(self, environ: Mapping[str, Any]) -> bool:
+        """Whether the peer is a trusted proxy, whose X-Forwarded-* headers may be believed."""
+        peer_ip, trusted = self._classify(str(environ.get("REMOTE_ADDR") or ""))
+        return trusted or peer_ip is None
+
     def client_address(self, environ: Mapping[str, Any]) -> str:
         """The client's address for a WSGI request: the peer, or what trusted proxies say."""
         peer = str(environ.get("REMOTE_ADDR") or "")
