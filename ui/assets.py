@@ -62,10 +62,11 @@ class StaticFile:
             raise falcon.HTTPNotFound()
         resp.set_header("ETag", asset.etag)
         resp.set_header("Cache-Control", "public, max-age=31536000, immutable")
-        resp.content_type = asset.content_type
         if asset.etag in (req.get_header("If-None-Match") or ""):
             resp.status = falcon.HTTP_304
+            resp.content_type = None  # a 304 has no body, so no type either
             return
+        resp.content_type = asset.content_type
         resp.data = asset.data
 
     on_head = on_get

@@ -144,8 +144,12 @@ class RepositoryList(_Page):
         listing = browse.repository_listing(self.pages.registry, req.context.identity, query, after)
         next_url = None
         if listing.next_after:
-            next_url = "/ui/?" + urlencode({k: v for k, v in (("q", query), ("after", listing.next_after)) if v})
-        self.pages.render(req, resp, "repositories.html", listing=listing, query=query, after=after, next_url=next_url)
+            next_url = "/ui/?" + urlencode(
+                {k: v for k, v in (("q", query), ("after", listing.next_after)) if v}
+            )
+        self.pages.render(
+            req, resp, "repositories.html", listing=listing, query=query, after=after, next_url=next_url
+        )
 
 
 class RepositoryPage(_Page):
@@ -246,7 +250,9 @@ class DeleteTags(_Page):
         if form.get("confirm") != ["yes"]:
             entries = {e.tag: e for e in self.pages.registry.inventory.tags(name)}
             rows = [(t, entries[t].digest if t in entries else None) for t in tags]
-            self.pages.render(req, resp, "confirm_delete.html", name=name, rows=rows, identity_name=identity.name)
+            self.pages.render(
+                req, resp, "confirm_delete.html", name=name, rows=rows, identity_name=identity.name
+            )
             return
         deleted = []
         for tag in tags:
