@@ -69,10 +69,15 @@ def test_ui_off_is_an_unknown_route(tmp_path):
         assert "Content-Security-Policy" not in r.headers
 
 
-def test_root_redirects_to_the_ui(api):
+def test_root_redirects_to_the_ui(tmp_path):
+    api = build_api(tmp_path, anonymous_pull=True)
     for path in ("/", "/ui"):
+        assert api.request("GET", path).headers["Location"] == "/ui/"
         r = api.request("GET", path, auth=False)
         assert r.status_code == 302 and r.headers["Location"] == "/ui/"
+    # Without anonymous pull `/` asks for credentials, as every route does.
+    r = build_api(tmp_path / "b").request("GET", "/", auth=False)
+    assert r.status_code == 401 and r.headers["WWW-Authenticate"].startswith("Basic ")
 
 
 # -- authentication -----------------------------------------------------------------------------

@@ -35,9 +35,9 @@ def add_ui(app: falcon.App, registry: Registry, settings: Settings) -> None:
 
 
 class PageResponses:
-    """Every response under /ui/ (and the `/` redirect) carries the page headers (CSP...), and
-    an error there, which resources/errors.py rendered as an OCI JSON body like any other, is
-    shown as an HTML page instead, keeping its status and headers (a 401's challenge)."""
+    """Every response under /ui/ (and `/`) carries the page headers (CSP...), and an error
+    under /ui, which resources/errors.py rendered as an OCI JSON body like any other, is shown
+    as an HTML page instead, keeping its status and headers (a 401's challenge)."""
 
     def __init__(self, pages: Pages) -> None:
         self._pages = pages
@@ -47,7 +47,9 @@ class PageResponses:
             return
         for header, value in PAGE_HEADERS.items():
             resp.set_header(header, value)
-        if resp.status_code < 400 or not (resp.content_type or "").startswith("application/json"):
+        if req.path == "/" or resp.status_code < 400:
+            return  # `/` refuses as the API does (it was an unknown route before the UI)
+        if not (resp.content_type or "").startswith("application/json"):
             return
         code, message = "UNKNOWN", "error"
         try:

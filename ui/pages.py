@@ -117,9 +117,10 @@ class _Page:
 
 
 class Home:
-    """`/` and `/ui`: to the repository list."""
+    """`/` and `/ui`: to the repository list. Behind credentials like every other route (an
+    unknown route included), so a browser opening `/` is asked once for the whole site."""
 
-    scope = "public"  # a redirect reveals nothing; /ui/ asks for credentials
+    scope = "browser"
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         redirect(resp, falcon.HTTP_302, "/ui/")
