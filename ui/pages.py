@@ -54,6 +54,11 @@ def _cut(value: object, limit: int = MAX_SHOWN_TEXT) -> str:
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text) - limit:,} more characters)"
 
 
+def _json_text(value: object) -> str:
+    # Readable JSON (Jinja's tojson writes \u003c for "<"); autoescaping makes it safe.
+    return json.dumps(value, ensure_ascii=False)
+
+
 def make_templates(assets: Assets) -> Environment:
     env = Environment(
         loader=FileSystemLoader(TEMPLATES),
@@ -62,7 +67,7 @@ def make_templates(assets: Assets) -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(size=human_size, short=short_digest, cut=_cut, link=safe_link)
+    env.filters.update(size=human_size, short=short_digest, cut=_cut, link=safe_link, json_text=_json_text)
     env.globals.update(static=assets.url, repo_url=repo_url, image_url=image_url, raw_url=raw_url)
     return env
 
