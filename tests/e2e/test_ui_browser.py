@@ -17,6 +17,7 @@ import requests
 from tests.ui_documents import OCI_MANIFEST, Pushable, hostile_image, sbom_for, signature_for
 
 from . import images
+from .nginx import Nginx
 from .process import REPO_ROOT, require_binary
 from .servers import BerthServer
 
@@ -175,6 +176,7 @@ def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = require_binary("chromium", "/usr/bin/chromium")
     for arg in (
+        "--ignore-certificate-errors",  # the test nginx's certificate is self-signed
         "--headless=new",
         "--no-sandbox",
         "--disable-gpu",
@@ -353,3 +355,37 @@ def test_delete_two_tags_then_read_only_sees_no_controls(berth, content, browser
     assert browser.find_element(By.CSS_SELECTOR, ".who .badge").text == "read-only"
     assert browser.find_elements(By.CSS_SELECTOR, "input[name=tag], button.danger, #delete-form") == []
     assert "1.10" in texts(browser, "#tags td.name")
+
+
+def test_behind_the_shipped_nginx(berth, content, browser, tmp_path_factory):
+    """Through deploy/nginx.conf with TLS: the pull line names the host the browser used, and a
+    delete passes the same-origin check (https, from X-Forwarded-Proto of a trusted proxy)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    proxy = Nginx(tmp_path_factory.mktemp("ui-nginx"), [berth.host]).start()
+    try:
+        session = berth.session()
+        r = session.put(
+            f"{berth.url}/v2/team/multi/manifests/via-nginx",
+            data=content.manifest.data,
+            headers={"Content-Type": images.OCI_INDEX},
+            timeout=30,
+        )
+        assert r.status_code == 201, r.text
+        sign_in(browser, berth.rw)
+        browser.get(f"{proxy.url}/")
+        WebDriverWait(browser, 10).until(lambda d: d.current_url == f"{proxy.url}/ui/")
+        browser.get(f"{proxy.url}/ui/r/team/multi")
+        row = browser.find_element(By.CSS_SELECTOR, 'tr[data-tag="via-nginx"]')
+        assert row.find_element(By.CSS_SELECTOR, "code.pull-command").text == (
+            f"docker pull {proxy.host}/team/multi:via-nginx"
+        )
+        row.find_element(By.CSS_SELECTOR, 'button[name="only"]').click()
+        WebDriverWait(browser, 10).until(lambda d: d.find_elements(By.ID, "confirm"))
+        browser.find_element(By.ID, "confirm").click()
+        WebDriverWait(browser, 10).until(lambda d: d.find_elements(By.ID, "deleted-notice"))
+        assert session.get(f"{berth.url}/v2/team/multi/manifests/via-nginx", timeout=10).status_code == 404
+        assert "/ui/r/team/multi/-/delete" in proxy.access_log()
+    finally:
+        proxy.stop()
