@@ -26,6 +26,7 @@ from storage.driver import StorageDriver, StorageError, StorageFull
 from storage.gc import GarbageCollector
 from storage.gc_schedule import GcSchedule
 from storage.registry import Registry
+from ui import add_ui
 from upstream.pullthrough import PullThrough
 
 log = logging.getLogger("berth")
@@ -77,6 +78,8 @@ def create_app(
             registry, usage, obs.usage_interval, obs.usage_top_repositories, instance_dir.current()
         )
         refresher.start()
+    if settings.ui:
+        add_ui(app, registry, settings)  # the web pages under /ui/ (REGISTRY_UI)
     if not settings.auth_configured:
         log.warning(
             "no credentials configured: every request will be refused with 401. Set USERNAME "

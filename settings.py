@@ -383,6 +383,7 @@ class Settings:
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)  # REGISTRIES_JSON
     gc: GcSettings = field(default_factory=GcSettings)
     observability: ObservabilitySettings = field(default_factory=ObservabilitySettings)
+    ui: bool = True  # REGISTRY_UI: the web pages under /ui/ (ui/)
 
     @property
     def auth_configured(self) -> bool:
@@ -425,6 +426,7 @@ class Settings:
             upstream=_upstream_settings(env),
             gc=_gc_settings(env),
             observability=_observability_settings(env),
+            ui=_bool(env, "REGISTRY_UI", True),
         )
 
 

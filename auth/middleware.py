@@ -50,8 +50,10 @@ class AuthMiddleware:
         realm = token_realm(req, self._realm_url) if self._access.token_flow else ""
         if scope == "public":
             return  # health endpoints: nothing to protect, and probes carry no credentials
-        if scope == "token":
-            # The token endpoint authenticates its own way (Basic, or anonymous).
+        if scope in ("token", "browser"):
+            # The token endpoint authenticates its own way (Basic, or anonymous). So do the web
+            # pages (ui/): browsers answer only Basic challenges, and each page checks the rights
+            # it needs itself.
             req.context.identity = self._access.authenticate_for_token(authorization, client)
             return
         if resource is None or scope == "base":
