@@ -31,6 +31,7 @@ from storage.digests import Digest
 from storage.driver import ObjectBusy, ObjectInfo, ObjectNotFound, StorageDriver
 from storage.gc_scan import (
     ManifestReader,
+    ParsedManifests,
     References,
     RepositoryKeys,
     linked_digests,
@@ -107,6 +108,7 @@ class GarbageCollector:
         self._upload_ttl = upload_ttl
         self._progress = progress or Progress()
         self._tombstones = Tombstones(driver)
+        self._parsed_manifests = ParsedManifests()  # kept between runs (scheduled ones)
 
     # -- running -----------------------------------------------------------------------------
 
@@ -161,7 +163,7 @@ class GarbageCollector:
         repos = scan_repositories(self._driver, report.repository)
         if not report.dry_run:
             self._clear_leftovers(repos.values())
-        reader = ManifestReader(self._driver)
+        reader = ManifestReader(self._driver, self._parsed_manifests)
         released: set[Digest] = set()  # digests whose links this run deleted
         self._progress.phase("repositories", len(repos))
         for repo in repos.values():

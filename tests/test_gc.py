@@ -430,3 +430,52 @@ def test_a_head_renews_an_old_link_and_a_doomed_one_is_gone_for_new_clients(tmp_
     )
     time.sleep(0.15)
     assert api.request("HEAD", f"/v2/team/app/blobs/{digest}").status_code == 404
+
+
+def test_a_later_run_reads_manifest_links_but_not_their_bytes_again(tmp_path):
+    """Manifests never change under their digest: a collector keeps what they reference between
+    its runs (bounded), so a scheduled run reads each revision's link but not its bytes."""
+    inner = FilesystemDriver(tmp_path / "data")
+    api = Api(testing.TestClient(create_app(make_settings(tmp_path / "data"), driver=inner)), tmp_path)
+    digests = [image(api, f"team/r{i}", "v1", [os.urandom(100)])[0] for i in range(3)]
+    manifest_data = {paths.blob_data(Digest.parse(d)) for d in digests}
+
+    class Counting:
+        def __init__(self) -> None:
+            self.reads: list[str] = []
+
+        def __getattr__(self, name):
+            return getattr(inner, name)
+
+        def read_bytes(self, key):
+            self.reads.append(key)
+            return inner.read_bytes(key)
+
+    driver = Counting()
+    gc = collector(driver)
+    gc.collect()
+    assert manifest_data <= set(driver.reads)
+    driver.reads.clear()
+    report = gc.collect()
+    assert not manifest_data & set(driver.reads)  # bytes: not read again
+    assert {paths.manifest_link(f"team/r{i}", Digest.parse(d)) for i, d in enumerate(digests)} <= set(
+        driver.reads
+    )
+    assert report.blobs == 0 and all(pulls_whole(api, f"team/r{i}", "v1") for i in range(3))
+    # A fresh collector (another process) reads them again.
+    driver.reads.clear()
+    collector(driver).collect()
+    assert manifest_data <= set(driver.reads)
+
+
+def test_parsed_manifests_are_bounded():
+    from storage.gc_scan import ParsedManifests
+
+    carried = ParsedManifests(capacity=2)
+    a, b, c = (Digest.parse(sha256(bytes([i]))) for i in range(3))
+    entry = (frozenset(), frozenset(), None)
+    carried.put(a, entry)
+    carried.put(b, entry)
+    assert carried.get(a) == entry  # a is now the most recent
+    carried.put(c, entry)
+    assert len(carried) == 2 and carried.get(b) is None and carried.get(a) == entry
