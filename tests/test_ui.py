@@ -488,3 +488,23 @@ def test_lru_cache_is_bounded():
     assert cache.get("a") == 1
     cache.put("c", 3)  # "b" is the least recently used
     assert cache.get("b") is None and cache.get("a") == 1 and cache.get("c") == 3 and len(cache) == 2
+
+
+def test_a_repository_with_too_many_images_is_not_totalled_on_every_view(api, monkeypatch):
+    """Beyond TOTAL_SIZE_IMAGES distinct images a view summarises only the rows it shows: it
+    must not read every manifest of a huge repository on each view."""
+    monkeypatch.setattr(browse, "TOTAL_SIZE_IMAGES", 2)
+    monkeypatch.setattr(browse, "TAGS_PER_PAGE", 1)
+    for tag in ("1", "2", "3"):
+        push(api, "team/big", hostile_image(salt=tag), tag)
+    summarised = []
+    from storage.inventory import Inventory
+
+    real = Inventory.summary
+    monkeypatch.setattr(
+        Inventory, "summary", lambda self, digest: summarised.append(digest) or real(self, digest)
+    )
+    html = page(api, "/ui/r/team/big").text
+    assert "size not totalled" in html
+    assert len(summarised) == 1  # the one row shown
+    assert tag_names(html) == ["1"]

@@ -34,6 +34,10 @@ REPOSITORIES_PER_PAGE = 50
 # little never walks the whole store: the page then offers to continue from where it stopped.
 MAX_SCANNED_NAMES = 2000
 TAGS_PER_PAGE = 1000
+# A repository's total size needs a summary of every image its tags name; beyond this many
+# distinct images a view summarises only the rows it shows (it must not read tens of thousands
+# of manifests on every view, which the worker's 4,096-summary cache could not keep).
+TOTAL_SIZE_IMAGES = 2000
 MAX_FILTER = 255
 
 
@@ -116,7 +120,7 @@ class RepositoryView:
     rows: list[TagRow]
     tag_count: int
     matching: int  # tags the filter keeps
-    size: int
+    size: int | None  # None: too many images to total (TOTAL_SIZE_IMAGES)
     last_push: When | None
     page: int
     pages: int
@@ -135,13 +139,15 @@ def repository_view(
     pages = max(1, -(-len(chosen) // TAGS_PER_PAGE))
     page = min(max(page, 1), pages)
     shown = chosen[(page - 1) * TAGS_PER_PAGE : page * TAGS_PER_PAGE]
-    summaries = _summaries(registry, entries)
+    distinct = {e.digest for e in entries if e.digest is not None}
+    totalled = len(distinct) <= TOTAL_SIZE_IMAGES
+    summaries = _summaries(registry, entries if totalled else shown)
     return RepositoryView(
         name,
         [_tag_row(entry, summaries.get(entry.digest)) for entry in shown],
         len(entries),
         len(chosen),
-        total_size(summaries.values()),
+        total_size(summaries.values()) if totalled else None,
         when(max((e.pushed for e in entries), default=None)),
         page,
         pages,
