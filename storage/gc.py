@@ -30,8 +30,8 @@ from storage import paths
 from storage.digests import Digest
 from storage.driver import ObjectBusy, ObjectInfo, ObjectNotFound, StorageDriver
 from storage.gc_scan import (
+    CARRIED_MANIFESTS,
     ManifestReader,
-    ParsedManifests,
     References,
     RepositoryKeys,
     linked_digests,
@@ -40,6 +40,7 @@ from storage.gc_scan import (
     scan_repositories,
     scan_uploads,
 )
+from storage.lru import LruCache
 from storage.tombstones import DoomList, Tombstones
 
 log = logging.getLogger("berth.gc")
@@ -108,7 +109,7 @@ class GarbageCollector:
         self._upload_ttl = upload_ttl
         self._progress = progress or Progress()
         self._tombstones = Tombstones(driver)
-        self._parsed_manifests = ParsedManifests()  # kept between runs (scheduled ones)
+        self._parsed_manifests: LruCache = LruCache(CARRIED_MANIFESTS)  # kept between runs
 
     # -- running -----------------------------------------------------------------------------
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -16,6 +15,7 @@ from errors import DigestInvalid, ManifestInvalid
 from storage import paths
 from storage.digests import Digest
 from storage.driver import ObjectInfo, ObjectNotFound, StorageDriver, StorageError
+from storage.lru import LruCache
 from storage.manifest_format import parse_manifest
 from storage.upload_state import UploadState
 
@@ -169,43 +169,20 @@ UNREADABLE = References(False, frozenset(), frozenset(), None)
 
 
 Parsed = tuple[frozenset[Digest], frozenset[Digest], Digest | None]  # blobs, children, subject
-CARRIED_MANIFESTS = 10_000  # parsed manifests a collector keeps between runs (about 1 KiB each)
-
-
-class ParsedManifests:
-    """What manifests reference, kept between a collector's runs, for the most recently used
-    CARRIED_MANIFESTS digests. A manifest's bytes never change under its digest, so an entry is
-    never stale: a scheduled collection on S3/R2 then reads each manifest's link (its `pending`
-    flag can change) but not its bytes again, half the GETs of a run with nothing to collect."""
-
-    def __init__(self, capacity: int = CARRIED_MANIFESTS) -> None:
-        self._capacity = capacity
-        self._entries: OrderedDict[Digest, Parsed] = OrderedDict()
-
-    def get(self, digest: Digest) -> Parsed | None:
-        parsed = self._entries.get(digest)
-        if parsed is not None:
-            self._entries.move_to_end(digest)
-        return parsed
-
-    def put(self, digest: Digest, parsed: Parsed) -> None:
-        self._entries[digest] = parsed
-        self._entries.move_to_end(digest)
-        while len(self._entries) > self._capacity:
-            self._entries.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._entries)
+# Parsed manifests a collector keeps between runs (about 1 KiB each). A manifest's bytes never
+# change under its digest, so an entry is never stale: a scheduled collection on S3/R2 then reads
+# each manifest's link (its `pending` flag can change) but not its bytes again.
+CARRIED_MANIFESTS = 10_000
 
 
 class ManifestReader:
     """Reads what manifests reference, once per digest per run (revisions are shared), and not
     at all for a digest `carried` from an earlier run."""
 
-    def __init__(self, driver: StorageDriver, carried: ParsedManifests | None = None) -> None:
+    def __init__(self, driver: StorageDriver, carried: LruCache[Digest, Parsed] | None = None) -> None:
         self._driver = driver
         self._parsed: dict[Digest, Parsed] = {}
-        self._carried = carried if carried is not None else ParsedManifests(0)
+        self._carried: LruCache[Digest, Parsed] = carried if carried is not None else LruCache(0)
 
     def references(self, name: str, digest: Digest) -> References | None:
         """None when the revision is gone (deleted meanwhile)."""

@@ -10,16 +10,16 @@ a repository reads no tag either; only the listing that yields the versions."""
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
-from collections.abc import Hashable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from errors import BlobUnknown, DigestInvalid, NameUnknown
 from storage import paths
 from storage.blobs import BlobStore
 from storage.digests import Digest
 from storage.driver import ObjectNotFound, StorageDriver
+from storage.lru import LruCache
 from storage.manifest_format import INDEX_TYPES, OCI_INDEX, OCI_MANIFEST
 
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -29,33 +29,6 @@ IMAGE_CONFIG_TYPES = frozenset({OCI_CONFIG, DOCKER_CONFIG})
 # a few KiB, a long history a few hundred.
 MAX_JSON_BYTES = 4 * 1024 * 1024
 MAX_INDEX_DEPTH = 2  # an index of indexes is summarised; deeper nesting is not followed
-
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
-
-
-class LruCache(Generic[K, V]):
-    """A bounded mapping that forgets the least recently used entry first. gevent switches only
-    on I/O, and none happens inside these methods, so no lock is needed."""
-
-    def __init__(self, capacity: int) -> None:
-        self._capacity = capacity
-        self._items: OrderedDict[K, V] = OrderedDict()
-
-    def get(self, key: K) -> V | None:
-        value = self._items.get(key)
-        if value is not None:
-            self._items.move_to_end(key)
-        return value
-
-    def put(self, key: K, value: V) -> None:
-        self._items[key] = value
-        self._items.move_to_end(key)
-        while len(self._items) > self._capacity:
-            self._items.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 @dataclass(frozen=True)

@@ -469,9 +469,9 @@ def test_a_later_run_reads_manifest_links_but_not_their_bytes_again(tmp_path):
 
 
 def test_parsed_manifests_are_bounded():
-    from storage.gc_scan import ParsedManifests
+    from storage.lru import LruCache
 
-    carried = ParsedManifests(capacity=2)
+    carried = LruCache(2)
     a, b, c = (Digest.parse(sha256(bytes([i]))) for i in range(3))
     entry = (frozenset(), frozenset(), None)
     carried.put(a, entry)
