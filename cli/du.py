@@ -9,9 +9,9 @@ import argparse
 import json
 import sys
 
-from cli.progress import Progress, human
+from cli.progress import Progress
 from storage.digests import validate_name
-from storage.usage import StorageUsage, UsageReport
+from storage.usage import StorageUsage, UsageReport, human_size
 
 NAME = "du"
 HELP = "storage used per repository and in total (deduplicated)"
@@ -42,22 +42,24 @@ def render(report: UsageReport, top: int | None = None) -> str:
     width = max([len("REPOSITORY"), *(len(u.name) for u in shown)])
     lines = [f"{'REPOSITORY':<{width}}  {'SIZE':>10}  {'EXCLUSIVE':>10}  {'BLOBS':>7}"]
     for u in shown:
-        lines.append(f"{u.name:<{width}}  {human(u.bytes):>10}  {human(u.exclusive_bytes):>10}  {u.blobs:>7}")
+        lines.append(
+            f"{u.name:<{width}}  {human_size(u.bytes):>10}  {human_size(u.exclusive_bytes):>10}  {u.blobs:>7}"
+        )
     hidden = report.repositories[len(shown) :]
     if hidden:
-        lines.append(f"({len(hidden)} more repositories, {human(sum(u.bytes for u in hidden))})")
+        lines.append(f"({len(hidden)} more repositories, {human_size(sum(u.bytes for u in hidden))})")
     lines.append("")
     if report.stored_bytes is not None:
         lines.append(
-            f"Stored:    {human(report.stored_bytes)} in {report.stored_blobs} blobs, each counted once"
+            f"Stored:    {human_size(report.stored_bytes)} in {report.stored_blobs} blobs, each counted once"
         )
         lines.append(
-            f"Linked:    {human(report.linked_bytes)} by {len(report.repositories)} repositories "
-            f"({human(report.shared_bytes)} shared by several)"
+            f"Linked:    {human_size(report.linked_bytes)} by {len(report.repositories)} repositories "
+            f"({human_size(report.shared_bytes)} shared by several)"
         )
-        lines.append(f"Unlinked:  {human(report.unlinked_bytes)} (no repository links them)")
+        lines.append(f"Unlinked:  {human_size(report.unlinked_bytes)} (no repository links them)")
     else:
-        lines.append(f"Linked:    {human(report.linked_bytes)} in {report.linked_blobs} blobs")
+        lines.append(f"Linked:    {human_size(report.linked_bytes)} in {report.linked_blobs} blobs")
     if report.missing_blobs:
         lines.append(f"Missing:   {report.missing_blobs} linked blobs are not in storage")
     return "\n".join(lines)

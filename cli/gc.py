@@ -9,9 +9,10 @@ import argparse
 import json
 import sys
 
-from cli.progress import GcProgress, human
+from cli.progress import GcProgress
 from storage.digests import validate_name
 from storage.gc import MODES, CollectionRunning, GarbageCollector, GcReport
+from storage.usage import human_size
 
 NAME = "gc"
 HELP = "collect garbage: unreferenced (or untagged) blobs, links, manifests and idle uploads"
@@ -48,11 +49,11 @@ def render(report: GcReport) -> str:
     where = f" in {report.repository}" if report.repository else ""
     lines = [
         f"garbage collection ({report.mode}{where}): {verb}",
-        f"  blobs             {report.blobs:>8}  {human(report.blob_bytes)}",
+        f"  blobs             {report.blobs:>8}  {human_size(report.blob_bytes)}",
         f"  layer links       {report.layer_links:>8}",
         f"  manifests         {report.manifests:>8}",
         f"  referrer entries  {report.referrers:>8}",
-        f"  upload sessions   {report.uploads:>8}  {human(report.upload_bytes)}",
+        f"  upload sessions   {report.uploads:>8}  {human_size(report.upload_bytes)}",
         f"  multipart uploads {report.multipart_uploads:>8}",
         f"  ({report.repositories} repositories looked at, {report.spared} kept because a request used them meanwhile, {report.seconds:.1f} s)",
     ]

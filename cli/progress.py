@@ -9,6 +9,8 @@ import time
 from collections.abc import Sequence
 from types import TracebackType
 
+from storage.usage import human_size
+
 log = logging.getLogger("berth.cli")
 LOG_EVERY = 10.0  # seconds between two progress lines when not on a terminal
 
@@ -99,26 +101,18 @@ class GcProgress:
         if self._bar is not None:
             self._bar.update(items)
             if self._bytes:
-                self._bar.set_postfix_str(human(self._bytes), refresh=False)
+                self._bar.set_postfix_str(human_size(self._bytes), refresh=False)
         elif not self._tty and time.monotonic() >= self._next_line:
             self._next_line = time.monotonic() + LOG_EVERY
             log.info(
-                "%s: %s: %d items, %s so far", self._description, self._phase, self._items, human(self._bytes)
+                "%s: %s: %d items, %s so far",
+                self._description,
+                self._phase,
+                self._items,
+                human_size(self._bytes),
             )
 
     def _close(self) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-
-
-def human(size: int | None) -> str:
-    """1536 -> '1.5 KiB'."""
-    if size is None:
-        return "-"
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")

@@ -8,9 +8,10 @@ import argparse
 import json
 import sys
 
-from cli.progress import GcProgress, human
+from cli.progress import GcProgress
 from settings import parse_duration
 from storage.gc import CollectionRunning, GarbageCollector
+from storage.usage import human_size
 
 NAME = "purge-uploads"
 HELP = "remove idle upload sessions and orphaned multipart uploads"
@@ -49,6 +50,6 @@ def run(args: argparse.Namespace, context) -> int:
     else:
         verb = "would remove" if report.dry_run else "removed"
         print(
-            f"upload purge: {verb} {report.uploads} sessions ({human(report.upload_bytes)}) and {report.multipart_uploads} multipart uploads"
+            f"upload purge: {verb} {report.uploads} sessions ({human_size(report.upload_bytes)}) and {report.multipart_uploads} multipart uploads"
         )
     return 0

@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from cli.progress import GcProgress, human
+from cli.progress import GcProgress
 from storage.digests import validate_name
+from storage.usage import human_size
 from storage.verify import verify
 
 NAME = "verify"
@@ -26,7 +27,7 @@ def run(args: argparse.Namespace, context) -> int:
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
-        print(f"verified {report.blobs} blobs ({human(report.bytes)})")
+        print(f"verified {report.blobs} blobs ({human_size(report.bytes)})")
         for digest in report.corrupt:
             print(f"CORRUPT {digest}")
         for item in report.missing:

@@ -172,3 +172,16 @@ class StorageUsage:
         report.stored_bytes = sum(stored.values())
         report.stored_blobs = len(stored)
         report.unlinked_bytes = sum(size for digest, size in stored.items() if digest not in linked)
+
+
+def human_size(size: object) -> str:
+    """1536 -> '1.5 KiB'; '-' for what is not a size (None, unknown). For people: the
+    command line and the web pages."""
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"

@@ -18,11 +18,12 @@ from falcon import testing
 
 from app import create_app
 from cli import main
-from cli.progress import GcProgress, human
+from cli.progress import GcProgress
 from settings import GcSettings, ObservabilitySettings
 from storage import paths
 from storage.digests import Digest
 from storage.drivers.filesystem import FilesystemDriver
+from storage.usage import human_size as human
 from tests.conftest import Api, make_settings
 from tests.test_gc import image, pulls_whole
 from tests.test_observability import scrape, value

@@ -12,12 +12,12 @@ import pytest
 
 from auth.client_address import TrustedProxies
 from settings import Settings, SettingsError, TokenSettings
-from storage.inventory import LruCache
+from storage.lru import LruCache
+from storage.usage import human_size
 from tests.conftest import OCI_INDEX, OCI_MANIFEST, RO_PASS, RO_USER, basic, build_api
 from tests.jwt_keys import keypair, mint
 from tests.ui_documents import LONG, Pushable, digest_of, hostile_image, sbom_for, signature_for
 from ui import browse
-from ui.present import human_size
 
 PRIVATE, PUBLIC = keypair("EC")
 SIGNING, _ = keypair("EC")

@@ -18,9 +18,10 @@ from errors import Denied, ManifestUnknown, Unauthorized, Unsupported
 from resources.http import read_small_body
 from storage.digests import Digest, is_valid_tag, validate_name
 from storage.registry import Registry
+from storage.usage import human_size
 from ui import browse
 from ui.assets import Assets
-from ui.present import human_size, safe_link, short_digest
+from ui.present import safe_link, short_digest
 from ui.security import check_same_origin, request_host
 
 TEMPLATES = Path(__file__).parent / "templates"

@@ -21,17 +21,6 @@ def natural_key(text: str) -> tuple:
     return parts, text
 
 
-def human_size(size: object) -> str:
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        return "-"
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
-
-
 def short_digest(digest: Any) -> str:
     text = str(digest)
     algorithm, _, hex_part = text.partition(":")
