@@ -59,7 +59,6 @@ class ManifestSummary:
     parts: tuple[tuple[str, int], ...]
     platforms: tuple[Platform, ...]  # an image's own, an index's children (attestations left out)
     created: str | None  # the image config's `created`, an artifact's created annotation
-    missing_children: int = 0  # an index's children not stored here (a sparse index)
 
     @property
     def size(self) -> int:
@@ -69,8 +68,14 @@ class ManifestSummary:
 @dataclass(frozen=True)
 class RepositoryStats:
     tags: int
-    size: int  # distinct blobs of every tagged manifest, each counted once
+    size: int | None  # distinct blobs of every tagged manifest, each counted once; None: too many
     last_push: float | None
+
+
+# A repository's total size needs a summary of every image its tags name; beyond this many
+# distinct images it is not totalled (a page must not read tens of thousands of manifests on
+# every view, which the 4,096-summary cache could not keep).
+TOTAL_SIZE_IMAGES = 2000
 
 
 def total_size(summaries: Iterable[ManifestSummary | None]) -> int:
@@ -118,12 +123,15 @@ class Inventory:
 
     def stats(self, name: str) -> RepositoryStats:
         tags = self.tags(name)
+        return RepositoryStats(len(tags), self.total_of(tags), max((t.pushed for t in tags), default=None))
+
+    def total_of(self, tags: Iterable[TagEntry]) -> int | None:
+        """Bytes of the distinct blobs the tags' manifests name; None beyond TOTAL_SIZE_IMAGES
+        distinct manifests."""
         digests = {t.digest for t in tags if t.digest is not None}
-        return RepositoryStats(
-            len(tags),
-            total_size(self.summary(d) for d in digests),
-            max((t.pushed for t in tags), default=None),
-        )
+        if len(digests) > TOTAL_SIZE_IMAGES:
+            return None
+        return total_size(self.summary(d) for d in digests)
 
     # -- manifests ---------------------------------------------------------------------------
 
@@ -136,6 +144,14 @@ class Inventory:
             doc, size = self._load(digest)
         except BlobUnknown:
             return None
+        return self._summary_of(digest, doc, size, depth)
+
+    def document_and_summary(self, digest: Digest) -> tuple[Any, ManifestSummary]:
+        """A stored manifest and its summary, read once. BlobUnknown as json_document."""
+        doc, size = self._load(digest)
+        return doc, self._summaries.get(digest) or self._summary_of(digest, doc, size, 0)
+
+    def _summary_of(self, digest: Digest, doc: Any, size: int, depth: int) -> ManifestSummary:
         summary = self._summarise(digest, doc, size, depth)
         self._summaries.put(digest, summary)
         return summary
@@ -178,7 +194,7 @@ class Inventory:
             kind = "image"
             image_config = self._config(config)
             created = _text(image_config.get("created")) or created
-            platform = _platform(image_config)
+            platform = platform_of(image_config)
             platforms = (platform,) if platform else ()
         else:
             kind, artifact_type = "artifact", artifact_type or config_type
@@ -190,18 +206,15 @@ class Inventory:
         parts: dict[str, int] = dict([own])
         platforms: list[Platform] = []
         created: list[str] = []
-        missing = 0
         for child in _descriptors(_list(doc.get("manifests"))):
-            platform = _platform(child.get("platform"))
-            child_annotations = child.get("annotations") if isinstance(child.get("annotations"), dict) else {}
-            attestation = child_annotations.get("vnd.docker.reference.type") == "attestation-manifest"
+            platform = platform_of(child.get("platform"))
+            attestation = is_attestation(child)
             if platform and not attestation and platform.os != "unknown":
                 platforms.append(platform)
             summary = None
             if depth < MAX_INDEX_DEPTH:
                 summary = self.summary(Digest.parse(child["digest"]), depth + 1)
             if summary is None:
-                missing += 1
                 continue
             parts.update(summary.parts)
             if summary.created and not attestation:
@@ -215,7 +228,6 @@ class Inventory:
             tuple(parts.items()),
             tuple(platforms),
             max(created, default=None) or _text(annotations.get("org.opencontainers.image.created")),
-            missing,
         )
 
     def _config(self, descriptor: dict) -> dict:
@@ -251,10 +263,20 @@ def _descriptors(values: Iterable[Any]) -> list[dict]:
     return found
 
 
-def _platform(value: Any) -> Platform | None:
+def platform_of(value: Any) -> Platform | None:
+    """The platform an image config or an index entry's `platform` names, if any."""
     if not isinstance(value, dict):
         return None
     os_name, arch = _text(value.get("os")), _text(value.get("architecture"))
     if not os_name and not arch:
         return None
     return Platform(os_name or "", arch or "", _text(value.get("variant")) or "")
+
+
+def is_attestation(descriptor: dict) -> bool:
+    """An index entry that is BuildKit's attestation manifest (provenance, SBOM), not a platform."""
+    annotations = descriptor.get("annotations")
+    return (
+        isinstance(annotations, dict)
+        and annotations.get("vnd.docker.reference.type") == "attestation-manifest"
+    )

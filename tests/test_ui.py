@@ -12,6 +12,7 @@ import pytest
 
 from auth.client_address import TrustedProxies
 from settings import Settings, SettingsError, TokenSettings
+from storage import inventory as inventory_module
 from storage.lru import LruCache
 from storage.usage import human_size
 from tests.conftest import OCI_INDEX, OCI_MANIFEST, RO_PASS, RO_USER, basic, build_api
@@ -493,7 +494,7 @@ def test_lru_cache_is_bounded():
 def test_a_repository_with_too_many_images_is_not_totalled_on_every_view(api, monkeypatch):
     """Beyond TOTAL_SIZE_IMAGES distinct images a view summarises only the rows it shows: it
     must not read every manifest of a huge repository on each view."""
-    monkeypatch.setattr(browse, "TOTAL_SIZE_IMAGES", 2)
+    monkeypatch.setattr(inventory_module, "TOTAL_SIZE_IMAGES", 2)
     monkeypatch.setattr(browse, "TAGS_PER_PAGE", 1)
     for tag in ("1", "2", "3"):
         push(api, "team/big", hostile_image(salt=tag), tag)

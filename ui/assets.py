@@ -13,7 +13,7 @@ import falcon
 
 STATIC_DIR = Path(__file__).parent / "static"
 PREFIX = "/ui/static/"
-_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".svg": "image/svg+xml"}
+_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
 
 
 @dataclass(frozen=True)

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from auth.identity import PULL, Identity
 from errors import BlobUnknown, DigestInvalid, ManifestUnknown, NameUnknown
 from storage.digests import Digest
-from storage.inventory import ManifestSummary, TagEntry, total_size
+from storage.inventory import IMAGE_CONFIG_TYPES, ManifestSummary, TagEntry, is_attestation, platform_of
 from storage.manifest_format import INDEX_TYPES
 from storage.registry import Registry
 from ui.present import (
@@ -23,7 +23,6 @@ from ui.present import (
     artifact_name,
     history,
     image_config,
-    is_image_config,
     kind_label,
     natural_key,
     when,
@@ -34,10 +33,6 @@ REPOSITORIES_PER_PAGE = 50
 # little never walks the whole store: the page then offers to continue from where it stopped.
 MAX_SCANNED_NAMES = 2000
 TAGS_PER_PAGE = 1000
-# A repository's total size needs a summary of every image its tags name; beyond this many
-# distinct images a view summarises only the rows it shows (it must not read tens of thousands
-# of manifests on every view, which the worker's 4,096-summary cache could not keep).
-TOTAL_SIZE_IMAGES = 2000
 MAX_FILTER = 255
 
 
@@ -120,7 +115,7 @@ class RepositoryView:
     rows: list[TagRow]
     tag_count: int
     matching: int  # tags the filter keeps
-    size: int | None  # None: too many images to total (TOTAL_SIZE_IMAGES)
+    size: int | None  # None: too many images to total (inventory.TOTAL_SIZE_IMAGES)
     last_push: When | None
     page: int
     pages: int
@@ -139,26 +134,18 @@ def repository_view(
     pages = max(1, -(-len(chosen) // TAGS_PER_PAGE))
     page = min(max(page, 1), pages)
     shown = chosen[(page - 1) * TAGS_PER_PAGE : page * TAGS_PER_PAGE]
-    distinct = {e.digest for e in entries if e.digest is not None}
-    totalled = len(distinct) <= TOTAL_SIZE_IMAGES
-    summaries = _summaries(registry, entries if totalled else shown)
+    inventory = registry.inventory
+    summaries = {e.digest: inventory.summary(e.digest) for e in shown if e.digest is not None}
     return RepositoryView(
         name,
         [_tag_row(entry, summaries.get(entry.digest)) for entry in shown],
         len(entries),
         len(chosen),
-        total_size(summaries.values()) if totalled else None,
+        inventory.total_of(entries),
         when(max((e.pushed for e in entries), default=None)),
         page,
         pages,
     )
-
-
-def _summaries(
-    registry: Registry, entries: Iterable[TagEntry]
-) -> dict[Digest | None, ManifestSummary | None]:
-    digests = {e.digest for e in entries if e.digest is not None}
-    return {d: registry.inventory.summary(d) for d in digests}
 
 
 def _tag_row(entry: TagEntry, summary: ManifestSummary | None) -> TagRow:
@@ -186,7 +173,6 @@ class Child:
 
     digest: str
     platform: str
-    media_type: str
     size: int | None
     stored: bool
     attestation: bool
@@ -224,22 +210,21 @@ class ManifestView:
 def manifest_view(registry: Registry, name: str, digest: Digest, media_type: str) -> ManifestView:
     """Everything the image page shows of a manifest `name` holds."""
     inventory = registry.inventory
-    doc = inventory.json_document(digest)
+    doc, summary = inventory.document_and_summary(digest)
     doc = doc if isinstance(doc, dict) else {}
-    summary = inventory.summary(digest)
     annotations = _string_map(doc.get("annotations"))
     subject = doc.get("subject") if isinstance(doc.get("subject"), dict) else None
     view = ManifestView(
         digest=digest,
         media_type=media_type,
-        size=next((size for d, size in summary.parts if d == str(digest)), 0) if summary else 0,
-        kind=summary.kind if summary else "artifact",
-        label=kind_label(summary.kind, summary.artifact_type) if summary else "Manifest",
-        artifact_type=summary.artifact_type if summary else None,
+        size=next((size for d, size in summary.parts if d == str(digest)), 0),
+        kind=summary.kind,
+        label=kind_label(summary.kind, summary.artifact_type),
+        artifact_type=summary.artifact_type,
         annotations=annotations,
         subject=str(subject.get("digest")) if subject else None,
-        total_size=summary.size if summary else None,
-        created=when(summary.created) if summary else None,
+        total_size=summary.size,
+        created=when(summary.created),
     )
     if media_type in INDEX_TYPES or "manifests" in doc:
         view.children = [_child(inventory, d) for d in _dicts(doc.get("manifests"))]
@@ -247,7 +232,7 @@ def manifest_view(registry: Registry, name: str, digest: Digest, media_type: str
         config = doc.get("config") if isinstance(doc.get("config"), dict) else None
         view.config_descriptor = config
         view.layers = _dicts(doc.get("layers"))
-        if config and is_image_config(config.get("mediaType")):
+        if config and config.get("mediaType") in IMAGE_CONFIG_TYPES:
             config_doc = _config_document(registry, name, config)
             if config_doc is not None:
                 view.config = image_config(config_doc)
@@ -267,21 +252,17 @@ def _config_document(registry: Registry, name: str, descriptor: dict) -> Any:
 
 
 def _child(inventory, descriptor: dict) -> Child:
-    annotations = _string_map(descriptor.get("annotations"))
-    platform = descriptor.get("platform") if isinstance(descriptor.get("platform"), dict) else {}
-    label = "/".join(str(platform[k]) for k in ("os", "architecture", "variant") if platform.get(k))
-    attestation = annotations.get("vnd.docker.reference.type") == "attestation-manifest"
+    platform = platform_of(descriptor.get("platform"))
     try:
         summary = inventory.summary(Digest.parse(descriptor.get("digest")))
     except DigestInvalid:  # cannot be stored: shown as missing
         summary = None
     return Child(
         str(descriptor.get("digest")),
-        label or "unknown",
-        str(descriptor.get("mediaType") or ""),
+        str(platform) if platform else "unknown",
         summary.size if summary else None,
         summary is not None,
-        attestation,
+        is_attestation(descriptor),
     )
 
 
@@ -297,7 +278,7 @@ def resolve(registry: Registry, name: str, reference: str):
     try:
         return registry.manifests.resolve(name, reference)
     except ManifestUnknown:
-        registry.inventory.tags(name)  # NameUnknown for a repository that does not exist
+        registry.manifests.tags(name)  # NameUnknown for a repository that does not exist
         raise
 
 

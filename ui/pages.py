@@ -244,7 +244,7 @@ class DeleteTags(_Page):
     def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         check_same_origin(req, self.pages.proxies)
         name = validate_name(name)
-        identity = self.pages.require(req, name, PUSH)
+        self.pages.require(req, name, PUSH)
         if not self.pages.delete_enabled:
             raise Unsupported("deletes are disabled on this registry", status=405)
         form = parse_qs(read_small_body(req, MAX_FORM_BYTES).decode("utf-8", "replace"))
@@ -257,9 +257,7 @@ class DeleteTags(_Page):
         if form.get("confirm") != ["yes"]:
             entries = {e.tag: e for e in self.pages.registry.inventory.tags(name)}
             rows = [(t, entries[t].digest if t in entries else None) for t in tags]
-            self.pages.render(
-                req, resp, "confirm_delete.html", name=name, rows=rows, identity_name=identity.name
-            )
+            self.pages.render(req, resp, "confirm_delete.html", name=name, rows=rows)
             return
         deleted = []
         for tag in tags:

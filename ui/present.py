@@ -10,8 +10,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from storage.inventory import IMAGE_CONFIG_TYPES
-
 _RUNS = re.compile(r"(\d+)")
 
 
@@ -227,10 +225,6 @@ def history(config_doc: Any, layers: list[dict]) -> list[HistoryStep]:
     for layer in remaining:
         steps.append(HistoryStep(len(steps) + 1, "(no history entry)", None, "", layer, False))
     return steps
-
-
-def is_image_config(media_type: str | None) -> bool:
-    return media_type in IMAGE_CONFIG_TYPES
 
 
 def safe_link(value: str) -> str | None:
