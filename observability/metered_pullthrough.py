@@ -42,8 +42,6 @@ class MeteredPullThrough:
 
     def blob(self, name: str, digest: Digest) -> PulledBlob:
         pulled = self._call(self._inner.blob, name, digest)
-        if hasattr(pulled.stream, "read"):  # stored here after all: served locally
-            return pulled
         return PulledBlob(pulled.size, _CountedRelay(pulled.stream))
 
     @staticmethod

@@ -106,10 +106,7 @@ class Blob:
             # whole blob is sent with 200, as HTTP allows) so the copy is always complete.
             pulled = self._pull_through.blob(name, wanted)
             self._headers(resp, wanted)
-            if pulled.size is not None and hasattr(pulled.stream, "read"):  # stored after all
-                resp.stream = response_body(pulled.stream, pulled.size)
-            else:
-                resp.stream = pulled.stream  # relayed from upstream while it is copied
+            resp.stream = pulled.stream  # relayed from upstream while it is copied
             if pulled.size is not None:
                 resp.content_length = pulled.size
             return

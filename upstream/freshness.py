@@ -127,6 +127,10 @@ class TagRefresher:
         self.records = TagRecords(registry.driver)
         self._flights = Flights()
 
+    def pulled(self, name: str, tag: str, digest: Digest) -> None:
+        """A tag was just pulled through: it is fresh for a TTL from now."""
+        self.records.write(name, tag, TagCheck(self._clock(), str(digest)))
+
     def due(self, name: str, tag: str) -> float | None:
         """When a tag is due for its upstream check: the time this request started looking (read
         it before the tag itself: a check writes the tag, then its record, so a request that

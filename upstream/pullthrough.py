@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import dataclass
 
 import urllib3
@@ -47,7 +46,7 @@ from upstream.bodies import declared_length
 from upstream.client import UpstreamClient, UpstreamThrottled, UpstreamUnavailable
 from upstream.config import UpstreamSettings
 from upstream.fetch import ManifestFetcher, found
-from upstream.freshness import TagCheck, TagRefresher
+from upstream.freshness import TagRefresher
 from upstream.origins import new_pools
 from upstream.pacing import Slots, SlotsFull
 from upstream.relay import BlobRelay, UpstreamBlobCorrupt
@@ -182,7 +181,7 @@ class PullThrough:
                 misses.note(f"manifest {name}:{reference} at {route.source} not stored", exc)
                 continue
             if wanted is None:
-                self._refresher.records.write(name, reference, TagCheck(time.time(), str(result.digest)))
+                self._refresher.pulled(name, reference, result.digest)
             log.info("pulled manifest %s:%s (%s) from %s", name, reference, result.digest, route.source)
             return self._registry.manifests.resolve(name, str(result.digest)), body
         raise misses.error(ManifestUnknown(detail={"reference": reference}))
@@ -240,17 +239,8 @@ class PullThrough:
                 release()
                 misses.note(what, exc)
                 continue
-            limit = size if size is not None else self._settings.max_blob_bytes
             relay = BlobRelay(
-                self._registry,
-                route.source,
-                response,
-                name,
-                digest,
-                size,
-                limit,
-                self._settings,
-                on_close=release,
+                self._registry, route.source, response, name, digest, size, self._settings, on_close=release
             )
             return PulledBlob(size, relay)
         raise misses.error(BlobUnknown(detail={"digest": str(digest)}))

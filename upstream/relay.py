@@ -33,7 +33,6 @@ from storage import paths
 from storage.digests import Digest
 from storage.driver import AppendWriter
 from storage.registry import Registry
-from storage.tombstones import BeingCollected
 from upstream.bodies import Deadline
 from upstream.config import UpstreamSettings
 
@@ -69,7 +68,6 @@ class BlobRelay:
         name: str,
         digest: Digest,
         size: int | None,
-        limit: int,
         settings: UpstreamSettings,
         on_close: Callable[[], None] | None = None,
     ) -> None:
@@ -79,7 +77,7 @@ class BlobRelay:
         self._name = name
         self._digest = digest
         self._size = size  # the upstream's Content-Length, if it sent one
-        self._limit = limit  # == size when known
+        self._limit = size if size is not None else settings.max_blob_bytes
         self._settings = settings
         self._on_close = on_close  # gives back the upstream request slot (pacing.py)
         self._chunks = self._relay()
@@ -163,16 +161,12 @@ class BlobRelay:
             raise UpstreamBlobCorrupt(f"{self._source}: blob {self._digest} failed verification")
 
     def _link(self, received: int) -> None:
-        section = self._registry.blobs.section()  # garbage collection may run meanwhile
-        if not self._registry.blobs.exists_anywhere(self._digest):
-            # Stored when the relay began and gone since (deleted under it): the client still
-            # gets its verified bytes, but there is nothing to link.
-            log.warning("pulled blob %s@%s vanished from storage before linking", self._name, self._digest)
-            return
-        try:
-            self._registry.blobs.link(self._name, self._digest, section)
-        except BeingCollected:
-            log.warning("pulled blob %s@%s is being garbage collected: not kept", self._name, self._digest)
+        if not self._registry.blobs.mount_any(self._name, self._digest):
+            # Stored when the relay began and gone since (deleted under it), or being garbage
+            # collected: the client still gets its verified bytes, but nothing is linked.
+            log.warning(
+                "pulled blob %s@%s vanished or is being garbage collected: not kept", self._name, self._digest
+            )
             return
         log.info("pulled blob %s@%s (%d bytes) from %s", self._name, self._digest, received, self._source)
 
