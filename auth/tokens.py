@@ -81,10 +81,10 @@ class _Policy:
     """The claims a key's tokens must carry. `issued_here`: the token flow's own rules."""
 
     issued_here: bool
-    options: dict[str, Any]
+    registry: jwt.JWTClaimsRegistry  # built once: it reads the clock on every validate()
 
     def validate(self, claims: dict[str, Any]) -> None:
-        jwt.JWTClaimsRegistry(leeway=LEEWAY_SECONDS, **self.options).validate(claims)
+        self.registry.validate(claims)
 
 
 def _policy(issued_here: bool, audience: str | None, issuer: str | None) -> _Policy:
@@ -93,7 +93,7 @@ def _policy(issued_here: bool, audience: str | None, issuer: str | None) -> _Pol
         options["aud"] = {"essential": True, "value": audience}
     if issuer:
         options["iss"] = {"essential": True, "value": issuer}
-    return _Policy(issued_here, options)
+    return _Policy(issued_here, jwt.JWTClaimsRegistry(leeway=LEEWAY_SECONDS, **options))
 
 
 class TokenVerifier:
