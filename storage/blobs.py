@@ -69,13 +69,17 @@ class BlobStore:
         """Whether `name` links the blob as a layer, renewing an old link first: a client that
         sees it may rely on it for a manifest it pushes later. A link a collection is deleting
         is not there for new clients (they upload the blob again)."""
-        section = self.section() if self._renew_after is not None else None
+        key = paths.layer_link(name, digest)
         try:
-            info = self._driver.stat(paths.layer_link(name, digest))
+            info = self._driver.stat(key)
         except ObjectNotFound:
             return False
-        if section is None or time.time() - info.modified < self._renew_after:
-            return True
+        if self._renew_after is None or time.time() - info.modified < self._renew_after:
+            return True  # no collection state read: most lookups end here
+        # Renewing is creating a reference: section, check, write, as every other one does.
+        section = self.section()
+        if not self._driver.exists(key):
+            return False
         self._write_link(name, digest)
         # A HEAD does not wait for a collection's verdict: announced is gone, for new clients.
         return not section.overlapped() or self.tombstones.layer_kept(name, digest, wait=False)

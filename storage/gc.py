@@ -92,9 +92,6 @@ class _Plan:
     manifests: set[Digest] = field(default_factory=set)
     referrer_entries: set[str] = field(default_factory=set)  # keys, deleted without announcing
 
-    def __bool__(self) -> bool:
-        return bool(self.links or self.manifests or self.referrer_entries)
-
 
 class GarbageCollector:
     def __init__(
@@ -162,8 +159,11 @@ class GarbageCollector:
         cutoff = now - self._grace
         self._progress.phase("repositories")
         repos = scan_repositories(self._driver, report.repository)
+        # One listing of blobs/ for the leftovers and the blobs' first look: only a collection
+        # deletes data, one at a time, and data written after it started is too young to go.
+        blob_keys = scan_blobs(self._driver)
         if not report.dry_run:
-            self._clear_leftovers(repos.values())
+            self._clear_leftovers(repos.values(), blob_keys.tombstones)
         reader = ManifestReader(self._driver, self._parsed_manifests)
         released: set[Digest] = set()  # digests whose links this run deleted
         self._progress.phase("repositories", len(repos))
@@ -171,7 +171,7 @@ class GarbageCollector:
             report.repositories += 1
             released |= self._collect_repository(repo, reader, report, run, cutoff)
             self._progress.advance()
-        self._collect_blobs(report, run, cutoff, repos, released)
+        self._collect_blobs(report, run, cutoff, repos, released, blob_keys.data)
         if uploads and report.repository is None:
             from storage.gc_uploads import purge_uploads
 
@@ -199,10 +199,10 @@ class GarbageCollector:
         self._driver.write_bytes(paths.GC_CLOCK, str(time.time()).encode())
         return self._driver.stat(paths.GC_CLOCK).modified
 
-    def _clear_leftovers(self, repos: Iterable[RepositoryKeys]) -> None:
+    def _clear_leftovers(self, repos: Iterable[RepositoryKeys], tombstones: list[str]) -> None:
         """Announcements a crashed collection left: requests meeting them wait and give up."""
         stale = [paths.doom_list(r.name) for r in repos if r.doom_list is not None]
-        stale += scan_blobs(self._driver).tombstones
+        stale += tombstones
         stale += [i.key for i in self._driver.walk("gc/verdicts")]
         if stale:
             log.warning("garbage collection: clearing %d announcements a crashed run left", len(stale))
@@ -343,9 +343,9 @@ class GarbageCollector:
         cutoff: float,
         repos: dict[str, RepositoryKeys],
         released: set[Digest],
+        blobs: dict[Digest, ObjectInfo],
     ) -> None:
         self._progress.phase("blobs")
-        blobs = scan_blobs(self._driver).data
         if report.repository is not None:
             # One repository's collection takes only data its deleted links pointed at.
             blobs = {d: i for d, i in blobs.items() if d in released}
@@ -357,9 +357,10 @@ class GarbageCollector:
         elif not report.dry_run:
             repos = scan_repositories(self._driver)  # after the repositories' deletions
         linked = linked_digests(repos.values())
-        uploads = scan_uploads(self._driver)
-        linked |= publishing_digests(self._driver, uploads)
         candidates = {d: i for d, i in blobs.items() if d not in linked and i.modified < cutoff}
+        if candidates:  # sessions publishing one of them keep it (each session's state is a read)
+            publishing = publishing_digests(self._driver, scan_uploads(self._driver))
+            candidates = {d: i for d, i in candidates.items() if d not in publishing}
         if report.dry_run or not candidates:
             if report.dry_run:
                 report.blobs += len(candidates)

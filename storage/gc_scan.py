@@ -162,13 +162,12 @@ class References:
     pending: bool
     blobs: frozenset[Digest]
     children: frozenset[Digest]
-    subject: Digest | None
 
 
-UNREADABLE = References(False, frozenset(), frozenset(), None)
+UNREADABLE = References(False, frozenset(), frozenset())
 
 
-Parsed = tuple[frozenset[Digest], frozenset[Digest], Digest | None]  # blobs, children, subject
+Parsed = tuple[frozenset[Digest], frozenset[Digest]]  # blobs, children
 # Parsed manifests a collector keeps between runs (about 1 KiB each). A manifest's bytes never
 # change under its digest, so an entry is never stale: a scheduled collection on S3/R2 then reads
 # each manifest's link (its `pending` flag can change) but not its bytes again.
@@ -206,7 +205,6 @@ class ManifestReader:
             parsed = (
                 frozenset(d.digest for d in manifest.blobs if not d.external),
                 frozenset(d.digest for d in manifest.children),
-                manifest.subject.digest if manifest.subject else None,
             )
             self._carried.put(digest, parsed)
         self._parsed[digest] = parsed

@@ -12,7 +12,7 @@ import threading
 import time
 
 from storage import paths
-from storage.driver import ObjectNotFound, StorageDriver, StorageError
+from storage.driver import StorageDriver, StorageError
 from storage.gc import CollectionRunning, GarbageCollector
 
 log = logging.getLogger("berth.gc")
@@ -57,7 +57,5 @@ class GcSchedule:
     def _last_run(self) -> float:
         try:
             return float(json.loads(self._driver.read_bytes(paths.GC_LAST_RUN))["time"])
-        except ObjectNotFound:
-            return 0.0
-        except (StorageError, ValueError, KeyError, TypeError):
+        except (StorageError, ValueError, KeyError, TypeError):  # none yet (ObjectNotFound) too
             return 0.0

@@ -47,7 +47,7 @@ class Registry:
             children = self.driver.list_children(key)
             # (An emptied _manifests directory may linger on local disk until it is pruned.)
             wanted = (after is None or name > after) and name.startswith(prefix)
-            if wanted and "_manifests" in children and self.driver.list_children(f"{key}/_manifests"):
+            if wanted and "_manifests" in children and self.driver.list_children(paths.manifests_dir(name)):
                 yield name
             for child in children:
                 child_name = f"{name}/{child}"
