@@ -76,6 +76,9 @@ def _duration(env: Mapping[str, str], name: str, default: float) -> float:
         ) from None
 
 
+GC_MODES = ("unreferenced", "untagged")  # storage/gc.py's MODES
+
+
 @dataclass(frozen=True)
 class GcSettings:
     """Garbage collection (storage/gc.py)."""
@@ -88,7 +91,7 @@ class GcSettings:
 
 def _gc_settings(env: Mapping[str, str]) -> GcSettings:
     mode = env.get("REGISTRY_GC_MODE", "unreferenced").strip().lower() or "unreferenced"
-    if mode not in ("unreferenced", "untagged"):
+    if mode not in GC_MODES:
         raise SettingsError(f"REGISTRY_GC_MODE must be 'unreferenced' or 'untagged', not {mode!r}")
     interval = _duration(env, "REGISTRY_GC_INTERVAL", 0.0)
     if 0 < interval < 60:

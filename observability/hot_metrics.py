@@ -127,11 +127,12 @@ class HotMetrics:
 
     def collect(self) -> Iterator:
         """The families summed over every worker of the instance (for a scrape)."""
-        snapshots = [self.snapshot()]
+        snapshots = [self.snapshot()]  # this process's, from memory
         if self._directory is not None:
-            self.flush()
-            snapshots = []
+            own = f"{FILE_PREFIX}{os.getpid()}.json"
             for path in self._directory.glob(f"{FILE_PREFIX}*.json"):
+                if path.name == own:
+                    continue
                 try:
                     snapshots.append(json.loads(path.read_text()))
                 except (OSError, ValueError):

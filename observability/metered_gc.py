@@ -31,8 +31,6 @@ class MeteredCollector:
         except CollectionRunning:
             metrics.gc_run("busy")
             raise
-        except ValueError:  # an unknown mode: refused before anything ran
-            raise
         except Exception:
             metrics.gc_run("error")
             raise

@@ -8,7 +8,7 @@ Bytes are counted as they arrive from the upstream."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from contextlib import contextmanager
 
 from errors import BlobUnknown, ManifestUnknown
 from observability import metrics
@@ -23,14 +23,8 @@ class MeteredPullThrough:
         self._inner = inner
 
     def resolve(self, name: str, reference: str) -> tuple[ManifestInfo, bytes | None]:
-        try:
+        with _failures("manifest", ManifestUnknown):
             info, body = self._inner.resolve(name, reference)
-        except ManifestUnknown:
-            metrics.pullthrough("manifest", "not_found")
-            raise
-        except Exception:
-            metrics.pullthrough("manifest", "error")
-            raise
         if body is None:  # stored here (a tag due for its check was checked first)
             metrics.pullthrough("manifest", "hit")
         else:
@@ -38,24 +32,29 @@ class MeteredPullThrough:
         return info, body
 
     def blob_info(self, name: str, digest: Digest) -> BlobInfo:
-        return self._call(self._inner.blob_info, name, digest)
+        with _failures("blob", BlobUnknown):
+            info = self._inner.blob_info(name, digest)
+        metrics.pullthrough("blob", "fetched")
+        return info
 
     def blob(self, name: str, digest: Digest) -> PulledBlob:
-        pulled = self._call(self._inner.blob, name, digest)
+        with _failures("blob", BlobUnknown):
+            pulled = self._inner.blob(name, digest)
+        metrics.pullthrough("blob", "fetched")
         return PulledBlob(pulled.size, _CountedRelay(pulled.stream))
 
-    @staticmethod
-    def _call(method, name: str, digest: Digest) -> Any:
-        try:
-            result = method(name, digest)
-        except BlobUnknown:
-            metrics.pullthrough("blob", "not_found")
-            raise
-        except Exception:
-            metrics.pullthrough("blob", "error")
-            raise
-        metrics.pullthrough("blob", "fetched")
-        return result
+
+@contextmanager
+def _failures(kind: str, unknown: type[Exception]) -> Iterator[None]:
+    """Counts a lookup that failed: not_found when no upstream has it, error otherwise."""
+    try:
+        yield
+    except unknown:
+        metrics.pullthrough(kind, "not_found")
+        raise
+    except Exception:
+        metrics.pullthrough(kind, "error")
+        raise
 
 
 class _CountedRelay:

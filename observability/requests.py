@@ -86,6 +86,12 @@ class RequestObserver:
         record._token = REQUEST_ID.set(request_id)
         return record
 
+    def begin_refused(self, method: str, path: str, peer: str, header_id: str | None) -> RequestRecord:
+        """A request gunicorn's parser refused before any app saw it: its route is REFUSED."""
+        record = self.begin(method, path, peer, header_id)
+        record.environ = {"REMOTE_ADDR": peer, ROUTE: REFUSED}
+        return record
+
     # ------------------------------------------------------------------------------ end
 
     def end(

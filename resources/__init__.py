@@ -24,10 +24,9 @@ def add_routes(
     app: falcon.App,
     registry: Registry,
     settings: Settings,
-    pull_through: PullThrough | None = None,
-    collector: GarbageCollector | None = None,
+    pull_through: PullThrough | None,
+    collector: GarbageCollector,
 ) -> None:
-    collector = collector or GarbageCollector(registry.driver, settings.gc.grace, settings.gc.upload_ttl)
     # Order matters: the first match wins, and `blobs/uploads` must not be read as a digest.
     app.add_route("/healthz", Liveness())
     app.add_route("/readyz", Readiness(registry.driver))

@@ -57,7 +57,8 @@ def handle_storage_error(req, resp, exc: StorageError, params) -> None:
 def handle_storage_full(req, resp, exc: StorageFull, params) -> None:
     # Expected in operation (a disk fills up): one line, no traceback. Reads keep working.
     log.error("storage full on %s %s: %s", req.method, req.path, exc)
-    _render(resp, 507, {"errors": [{"code": "UNAVAILABLE", "message": "storage is full"}]}, {})
+    err = Unavailable("storage is full", status=507)
+    _render(resp, err.status, err.body(), {})
 
 
 def handle_unexpected(req, resp, exc: Exception, params) -> None:

@@ -52,7 +52,7 @@ import socket
 import sys
 import time
 from contextlib import suppress
-from datetime import datetime
+from datetime import timedelta
 from functools import partial
 
 import gevent
@@ -239,7 +239,6 @@ class RegistryGeventWorker(GeventWorker):
     def handle_request(self, listener_name, req, conn: ClientConnection, addr) -> bool:
         """Serve one request: gunicorn's AsyncWorker.handle_request with the changes marked
         "Berth". Returns whether the connection may serve another request."""
-        started = datetime.now()
         environ, resp, respiter = {}, None, None
         sent_before = conn.sent
         # Berth: the request's id, for its log lines and its response; its access line at the end.
@@ -291,7 +290,9 @@ class RegistryGeventWorker(GeventWorker):
                 # only when asked for (--access-logfile): gunicorn would otherwise build it for
                 # nothing on every request, because a logconfig_dict is set.
                 if self.cfg.accesslog:
-                    self.log.access(resp, req, environ, datetime.now() - started)
+                    self.log.access(
+                        resp, req, environ, timedelta(seconds=time.perf_counter() - record.started)
+                    )
                 if hasattr(respiter, "close"):
                     respiter.close()
             self._log_body_failure(req)
@@ -338,8 +339,7 @@ class RegistryGeventWorker(GeventWorker):
         if record is None:  # refused before any app saw it
             method, path = getattr(req, "method", None) or "-", getattr(req, "path", None) or "-"
             header_id = _header(req, "X-REQUEST-ID") if req is not None else None
-            record = self.observer.begin(method, path, _ip(addr), header_id)
-            record.environ = {"REMOTE_ADDR": _ip(addr), "berth.route": "{invalid}"}
+            record = self.observer.begin_refused(method, path, _ip(addr), header_id)
         answer = _ErrorAnswer(client, record.request_id)
         try:
             super().handle_error(req, answer, addr, exc)

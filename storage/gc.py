@@ -26,6 +26,7 @@ from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 
 from errors import DigestInvalid, Unavailable
+from settings import GC_MODES
 from storage import paths
 from storage.digests import Digest
 from storage.driver import ObjectBusy, ObjectInfo, ObjectNotFound, StorageDriver
@@ -45,7 +46,7 @@ from storage.tombstones import DoomList, Tombstones
 
 log = logging.getLogger("berth.gc")
 
-MODES = ("unreferenced", "untagged")
+MODES = GC_MODES
 
 
 class CollectionRunning(Unavailable):
